@@ -1,0 +1,209 @@
+"""The ``ltd`` command.
+
+Every user error ends as one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from ltd.errors import LtdError
+
+
+def _setup(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+@click.group()
+@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+def cli(threads: int | None) -> None:
+    """LTD: learned adaptive drafting for speculative decoding."""
+    _setup(threads)
+
+
+# ----------------------------------------------------------------------------- pair
+
+
+@cli.group()
+def pair() -> None:
+    """Build, locate and inspect draft/target pairs."""
+
+
+@pair.command("build")
+@click.option("--preset", required=True, help="micro (seconds, for tests) or tiny (the default pair).")
+@click.option("--rebuild", is_flag=True, help="Train from the recipe instead of installing shipped weights (resumes).")
+def pair_build(preset: str, rebuild: bool) -> None:
+    """Make a built-in pair available under $LTD_HOME/pairs/PRESET."""
+    from ltd.zoo import build_pair
+
+    out = build_pair(preset, rebuild=rebuild)
+    meta = json.loads((out / "pair.json").read_text())
+    q = meta.get("quality", {})
+    click.echo(f"{preset}: {out}")
+    click.echo("  " + ", ".join(f"{k}={v}" for k, v in q.items() if k != "samples"))
+
+
+@pair.command("path")
+@click.argument("preset")
+def pair_path(preset: str) -> None:
+    """Print where PRESET is (or will be) installed."""
+    from ltd.zoo import pair_dir, recipe_for
+
+    recipe_for(preset)
+    click.echo(str(pair_dir(preset)))
+
+
+@pair.command("info")
+@click.argument("spec")
+def pair_info(spec: str) -> None:
+    """Print a pair's recipe and quality figures (pair.json)."""
+    from ltd.pair import resolve_pair_paths
+
+    _, target, draft, meta = resolve_pair_paths(spec, build=False)
+    click.echo(json.dumps(meta or {"target": str(target), "draft": str(draft)}, indent=2))
+
+
+@pair.command("ship")
+@click.argument("preset")
+def pair_ship(preset: str) -> None:
+    """(Maintainers) copy a built pair into the package as fp16 weights."""
+    from ltd.zoo import ship_pair
+
+    click.echo(str(ship_pair(preset)))
+
+
+# ----------------------------------------------------------------------------- generate
+
+
+def _static_options(f):
+    f = click.option("--width", type=int, default=8, show_default=True, help="Tree nodes the target verifies.")(f)
+    f = click.option("--top-k", type=int, default=4, show_default=True, help="Nodes kept per expansion.")(f)
+    f = click.option("--depth", type=int, default=3, show_default=True, help="Draft expansions per cycle (0: plain).")(f)
+    return f
+
+
+@cli.command()
+@click.option("--pair", "pair_spec", default="tiny", show_default=True, help="Preset or target=PATH,draft=PATH.")
+@click.option("--prompt", default=None, help="One prompt.")
+@click.option("--prompts", "prompts_file", default=None, help="JSON-lines file of {\"prompt\": ...}.")
+@_static_options
+@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0: greedy.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per prompt.")
+def generate(pair_spec, prompt, prompts_file, depth, top_k, width, max_new_tokens, temperature, seed, device, as_json):
+    """Generate with speculative decoding (the text is the target's own)."""
+    from ltd.controllers import StaticController
+    from ltd.engine import SpecEngine
+    from ltd.pair import load_pair
+    from ltd.runtime import generate_ids, read_prompts
+
+    if (prompt is None) == (prompts_file is None):
+        raise LtdError("give exactly one of --prompt TEXT or --prompts FILE.jsonl")
+    if prompt is not None and not prompt:
+        raise LtdError("empty --prompt: give some text to continue")
+    prompts = [prompt] if prompt is not None else read_prompts(prompts_file)
+    controller = StaticController(depth=depth, top_k=top_k, width=width)
+    p = load_pair(pair_spec, device=device)
+    engine = SpecEngine(p, temperature=temperature, seed=seed)
+    for text in prompts:
+        g = generate_ids(engine, p.encode(text), controller, max_new_tokens=max_new_tokens)
+        if as_json:
+            click.echo(json.dumps({"prompt": text, "prompt_ids": g.prompt_ids, "output_ids": g.output_ids,
+                                   "text": g.text, "tokens_per_s": round(g.tokens_per_s, 3),
+                                   "mean_accepted": round(g.mean_accepted, 4), "cycles": g.cycles}))
+        else:
+            click.echo(text + g.text)
+            click.echo(f"-- {len(g.output_ids)} tokens, {g.tokens_per_s:.1f} tokens/s, "
+                       f"{g.mean_accepted:.2f} tokens/cycle", err=True)
+
+
+# ----------------------------------------------------------------------------- bench
+
+
+@cli.command()
+@click.option("--pair", "pair_spec", default="tiny", show_default=True)
+@click.option("--methods", default="ar,static,grid", show_default=True)
+@click.option("--prompts", "prompts_file", default=None, help="JSON-lines prompts (default: the pair's held-out code).")
+@click.option("--limit", type=int, default=30, show_default=True, help="Test prompts (after the validation ones).")
+@click.option("--validation", type=int, default=6, show_default=True, help="Prompts that choose the grid config.")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--static", "static_cfg", default=None, help="Static tree as DEPTH,TOP_K,WIDTH.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "json_out", default=None, help="Write the summary here (and .md, .png beside it).")
+def bench(pair_spec, methods, prompts_file, limit, validation, max_new_tokens, static_cfg, device, json_out):
+    """Tokens/s of each method in one run, on held-out prompts, greedy."""
+    from ltd.bench import DEFAULT_STATIC, format_summary, load_workload, run_bench
+    from ltd.controllers import StaticController
+    from ltd.pair import load_pair
+
+    static = DEFAULT_STATIC
+    if static_cfg:
+        try:
+            d, k, w = (int(x) for x in static_cfg.split(","))
+        except ValueError:
+            raise LtdError(f"bad --static {static_cfg!r}: write DEPTH,TOP_K,WIDTH, e.g. 4,4,12")
+        static = StaticController(d, k, w)
+    p = load_pair(pair_spec, device=device)
+    texts, workload = load_workload(p, prompts_file)
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    n_val = validation if "grid" in method_list else 0
+    prompts = [p.encode(t) for t in texts[: n_val + limit]]
+    summary = run_bench(p, prompts, method_list, max_new_tokens=max_new_tokens, validation=n_val, static=static,
+                        json_out=json_out, workload=workload)
+    click.echo(format_summary(summary))
+
+
+@cli.command()
+@click.option("--pair", "pair_spec", default="tiny", show_default=True)
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--out", default="runs/demo", show_default=True, help="Folder for the report.")
+def demo(pair_spec, limit, out):
+    """The main job: build the default pair, then plain vs static vs best static on held-out prompts."""
+    from pathlib import Path
+
+    from ltd.bench import format_summary, load_workload, run_bench
+    from ltd.pair import load_pair
+
+    p = load_pair(pair_spec)
+    texts, workload = load_workload(p, None)
+    prompts = [p.encode(t) for t in texts[: 6 + limit]]
+    Path(out).mkdir(parents=True, exist_ok=True)
+    summary = run_bench(p, prompts, ["ar", "static", "grid"], validation=6, json_out=Path(out) / "bench.json",
+                        workload=workload)
+    click.echo(format_summary(summary))
+    click.echo(f"report: {Path(out) / 'bench.md'}, plot: {Path(out) / 'bench.png'}")
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except LtdError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""One draft-and-verify cycle as small steps a controller can stop between.
+
+    engine.reset(prompt_ids)
+    engine.begin(top_k)          # a new, empty draft tree
+    engine.expand()              # one batched draft forward over the frontier (repeat: depth)
+    result = engine.verify(w)    # the best w tree nodes in ONE target pass, accept, commit
+
+Invariants between cycles (``L = len(engine.tokens)``):
+
+* the target's KV cache holds ``tokens[:L-1]``; the last token (the *root*) is verified next;
+* the draft's KV cache holds ``tokens[:draft_len]``; it reads ``tokens[draft_len:]`` (the tokens
+  it has not seen: the accepted path and the target's bonus token) at its next expansion, so a
+  cycle of depth 0 (a plain target step) costs no draft work at all.
+
+Acceptance is greedy (the target's argmax) or, with ``temperature > 0``, by sampling the target's
+own distribution at each node and following a drafted child when the sample equals it; since every
+accepted or bonus token is a sample of the target at its position, the output keeps the target's
+distribution exactly, whatever the draft.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ltd import kv
+from ltd.clock import WallClock
+from ltd.errors import PromptError
+from ltd.pair import Pair
+from ltd.tree import DraftTree
+
+
+@dataclass
+class CycleResult:
+    """What one cycle did."""
+
+    new_tokens: list[int]  # accepted drafted tokens, then the target's own token
+    accepted: int  # drafted tokens accepted
+    depth: int
+    width: int
+    top_k: int
+    tree_size: int
+    draft_seconds: float
+    verify_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        return self.draft_seconds + self.verify_seconds
+
+
+@dataclass
+class EngineStats:
+    cycles: int = 0
+    tokens: int = 0
+    draft_seconds: float = 0.0
+    verify_seconds: float = 0.0
+    accepted: list[int] = field(default_factory=list)
+
+    def add(self, r: CycleResult) -> None:
+        self.cycles += 1
+        self.tokens += len(r.new_tokens)
+        self.draft_seconds += r.draft_seconds
+        self.verify_seconds += r.verify_seconds
+        self.accepted.append(r.accepted)
+
+
+class SpecEngine:
+    """Tree speculative decoding over one :class:`~ltd.pair.Pair`, batch size one."""
+
+    def __init__(self, pair: Pair, temperature: float = 0.0, seed: int | None = None, clock=None,
+                 max_depth: int = 16):
+        if temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        self.pair = pair
+        self.device = pair.device
+        self.temperature = float(temperature)
+        self.clock = clock or WallClock(self.device)
+        self.max_depth = max_depth
+        self.max_context = min(pair.max_context, int(getattr(pair.draft.config, "max_position_embeddings", 1 << 30)))
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(0 if seed is None else seed)
+        self._neg = torch.finfo(next(pair.target.parameters()).dtype).min
+        self.tokens: list[int] = []
+        self.tree: DraftTree | None = None
+
+    # ------------------------------------------------------------------ sequence
+
+    def reset(self, prompt_ids: list[int]) -> None:
+        """Start a new sequence: prefill the target with all of the prompt but its last token."""
+        if len(prompt_ids) == 0:
+            raise PromptError("empty prompt: give at least one token")
+        if len(prompt_ids) >= self.max_context:
+            raise PromptError(f"prompt of {len(prompt_ids)} tokens does not fit the model's context of "
+                              f"{self.max_context}: shorten the prompt")
+        self.tokens = list(prompt_ids)
+        self.target_cache = kv.new_cache(self.pair.target)
+        self.draft_cache = kv.new_cache(self.pair.draft)
+        self.draft_len = 0
+        self.tree = None
+        self.cycle_draft_seconds = 0.0
+        if len(prompt_ids) > 1:
+            ids = torch.tensor([prompt_ids[:-1]], device=self.device)
+            with torch.inference_mode():
+                self.pair.target(input_ids=ids, cache=self.target_cache, use_cache=True, logits_to_keep=1)
+
+    @property
+    def room(self) -> int:
+        """New tokens that still fit the context."""
+        return self.max_context - len(self.tokens)
+
+    # ------------------------------------------------------------------ cycle steps
+
+    def begin(self, top_k: int) -> None:
+        """Open a cycle with an empty tree whose expansions keep ``top_k`` nodes."""
+        if top_k < 1:
+            raise ValueError("top_k must be >= 1")
+        self.tree = DraftTree(top_k, self.device)
+        self.cycle_draft_seconds = 0.0
+
+    def can_expand(self) -> bool:
+        tree = self.tree
+        return tree is not None and tree.depth < self.max_depth and len(self.tokens) + tree.depth < self.max_context
+
+    def _mask(self, visible: torch.Tensor, prefix: int) -> torch.Tensor:
+        """Additive float mask [1, 1, q, prefix + kv] from a bool tree mask [q, kv]."""
+        q = visible.shape[0]
+        full = torch.cat([torch.ones(q, prefix, dtype=torch.bool, device=visible.device), visible], dim=1)
+        mask = torch.zeros(full.shape, dtype=self.pair.target.dtype, device=self.device)
+        mask.masked_fill_(~full.to(self.device), self._neg)
+        return mask[None, None]
+
+    @torch.inference_mode()
+    def expand(self) -> None:
+        """One draft forward: the root's children first, then the frontier's."""
+        tree = self.tree
+        if tree is None:
+            raise RuntimeError("begin() a cycle before expand()")
+        if not self.can_expand():
+            raise RuntimeError("no room to expand: check can_expand()")
+        t0 = self.clock.now()
+        draft = self.pair.draft
+        if tree.depth == 0:
+            kv.truncate(self.draft_cache, self.draft_len)
+            ids = torch.tensor([self.tokens[self.draft_len:]], device=self.device)
+            logits = draft(input_ids=ids, cache=self.draft_cache, use_cache=True, logits_to_keep=1).logits
+            self.draft_len = len(self.tokens)
+            tree.add_root_children(torch.log_softmax(logits[0, -1].float(), dim=-1))
+        else:
+            tokens, visible = tree.feed_frontier()
+            pos = self.draft_len - 1 + tree.depth
+            logits = draft(
+                input_ids=tokens[None],
+                position_ids=torch.full((1, tokens.numel()), pos, device=self.device),
+                attention_mask=self._mask(visible, self.draft_len),
+                cache=self.draft_cache,
+                use_cache=True,
+            ).logits
+            tree.add_children(torch.log_softmax(logits[0].float(), dim=-1))
+        self.cycle_draft_seconds += self.clock.now() - t0
+
+    @torch.inference_mode()
+    def verify(self, width: int) -> CycleResult:
+        """Verify the best ``width`` nodes in one target pass, accept, and commit the result."""
+        tree = self.tree if self.tree is not None else DraftTree(1, self.device)
+        t0 = self.clock.now()
+        prefix = len(self.tokens) - 1
+        root = self.tokens[-1]
+        if len(tree) and width > 0:
+            layout = tree.verify_layout(width)
+            w = int(layout.nodes.numel())
+            ids = torch.cat([torch.tensor([root], device=self.device), layout.tokens])[None]
+            pos = (prefix + layout.depths).to(self.device)[None]
+            out = self.pair.target(input_ids=ids, position_ids=pos, attention_mask=self._mask(layout.ancestors, prefix),
+                                   cache=self.target_cache, use_cache=True)
+            node_tokens = layout.tokens.tolist()
+            parents = layout.parents
+        else:
+            w = 0
+            ids = torch.tensor([[root]], device=self.device)
+            out = self.pair.target(input_ids=ids, cache=self.target_cache, use_cache=True)
+            node_tokens, parents = [], [-1]
+        logits = out.logits[0]
+
+        children: dict[int, dict[int, int]] = {}
+        for i in range(1, w + 1):
+            children.setdefault(parents[i], {})[node_tokens[i - 1]] = i
+        path: list[int] = []
+        cur = 0
+        if self.temperature == 0.0:
+            choice = logits.argmax(-1).tolist()
+            while True:
+                nxt = children.get(cur, {}).get(choice[cur])
+                if nxt is None:
+                    bonus = choice[cur]
+                    break
+                path.append(nxt)
+                cur = nxt
+        else:
+            while True:
+                probs = torch.softmax(logits[cur].float() / self.temperature, dim=-1)
+                tok = int(torch.multinomial(probs, 1, generator=self.generator))
+                nxt = children.get(cur, {}).get(tok)
+                if nxt is None:
+                    bonus = tok
+                    break
+                path.append(nxt)
+                cur = nxt
+
+        kv.keep_prefix_and(self.target_cache, prefix + 1, [prefix + i for i in path])
+        new_tokens = [node_tokens[i - 1] for i in path] + [bonus]
+        self.tokens.extend(new_tokens)
+        depth = tree.depth
+        self.tree = None
+        t1 = self.clock.now()
+        return CycleResult(new_tokens, len(path), depth, w, tree.top_k, len(tree),
+                           self.cycle_draft_seconds, t1 - t0)

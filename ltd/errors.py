@@ -1,0 +1,24 @@
+"""The project's own error types.
+
+Every problem a user can cause (a bad path, a bad config, a bad file) is raised as an
+:class:`LtdError` whose message is one line naming the problem and the fix. The CLI prints that
+line and exits non-zero; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class LtdError(Exception):
+    """A user-facing error: one line, names the problem and the fix."""
+
+
+class PairError(LtdError):
+    """A draft/target pair cannot be built, found or used together."""
+
+
+class ConfigError(LtdError):
+    """A config, spec or command-line value is invalid."""
+
+
+class PromptError(LtdError):
+    """A prompt or prompt file cannot be used."""

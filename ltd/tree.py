@@ -1,0 +1,138 @@
+"""The draft tree: pure tensor logic, no models.
+
+Nodes are numbered in creation order, so a parent always has a smaller index than its children.
+The root (the last accepted token, not yet verified by the target) is implicit, with index -1.
+
+* ``add_root_children``: the first expansion, top_k children of the root.
+* ``add_children``: later expansions, top_k children of each frontier node by cumulative
+  log-probability; all k*k join the tree and the best top_k become the new frontier (EAGLE-2).
+* ``select(width)``: the ``width`` best nodes by cumulative log-probability. A child's score is
+  never above its parent's and ties go to the older node, so every chosen node's ancestors are
+  chosen too.
+* ``verify_layout``: input tokens, positions and the ancestor mask of the target's one pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class VerifyLayout:
+    """What one tree-masked target pass needs; index 0 is the root."""
+
+    nodes: torch.Tensor  # [w] global indices of the chosen nodes, ascending
+    tokens: torch.Tensor  # [w] their token ids
+    depths: torch.Tensor  # [w + 1] depth of root (0) and of each node
+    parents: list[int]  # [w + 1] local parent index (-1 for the root)
+    ancestors: torch.Tensor  # [w + 1, w + 1] bool, row i sees column j
+
+
+class DraftTree:
+    """One cycle's draft tree, grown by expansions and read by verification."""
+
+    def __init__(self, top_k: int, device: torch.device):
+        self.top_k = top_k
+        self.device = device
+        self.tokens = torch.empty(0, dtype=torch.long, device=device)
+        self.scores = torch.empty(0, dtype=torch.float32, device=device)
+        self.parents = torch.empty(0, dtype=torch.long, device=device)
+        self.node_depths = torch.empty(0, dtype=torch.long, device=device)
+        self.frontier = torch.empty(0, dtype=torch.long, device=device)
+        self.depth = 0
+        self.fed = 0  # tree nodes the draft has read this cycle (its cache slots after the prefix)
+        self.frontier_anc = torch.empty(0, 0, dtype=torch.bool, device=device)  # [f, fed]
+        self._fed_rows = self.frontier_anc
+        self.last_entropy = 0.0  # mean entropy of the draft distributions at the last expansion
+
+    def __len__(self) -> int:
+        return int(self.tokens.numel())
+
+    @property
+    def frontier_scores(self) -> torch.Tensor:
+        return self.scores[self.frontier]
+
+    def frontier_tokens(self) -> torch.Tensor:
+        return self.tokens[self.frontier]
+
+    def _append(self, tokens: torch.Tensor, scores: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
+        start = len(self)
+        self.tokens = torch.cat([self.tokens, tokens])
+        self.scores = torch.cat([self.scores, scores.float()])
+        self.parents = torch.cat([self.parents, parents])
+        self.node_depths = torch.cat([self.node_depths, torch.full_like(tokens, self.depth + 1)])
+        self.depth += 1
+        return torch.arange(start, start + tokens.numel(), device=self.device)
+
+    @staticmethod
+    def _entropy(logp: torch.Tensor) -> float:
+        return float(-(logp.exp() * logp).sum(-1).mean())
+
+    def add_root_children(self, root_logp: torch.Tensor) -> None:
+        """First expansion: ``root_logp`` [V] log-probabilities after the root."""
+        vals, toks = root_logp.topk(self.top_k)
+        idx = self._append(toks, vals, torch.full_like(toks, -1))
+        self.frontier = idx
+        self.frontier_anc = torch.zeros(idx.numel(), self.fed, dtype=torch.bool, device=self.device)
+        self.last_entropy = self._entropy(root_logp)
+
+    def add_children(self, frontier_logp: torch.Tensor) -> torch.Tensor:
+        """Later expansion: ``frontier_logp`` [k, V], one row per frontier node.
+
+        Returns, for each new frontier node, the row of its parent in the old frontier.
+        """
+        k = self.top_k
+        vals, toks = frontier_logp.topk(k, dim=-1)  # [f, k]
+        cum = self.frontier_scores[:, None] + vals  # [f, k]
+        parents = self.frontier[:, None].expand_as(toks)
+        idx = self._append(toks.reshape(-1), cum.reshape(-1), parents.reshape(-1))
+        best = cum.reshape(-1).topk(min(k, cum.numel())).indices
+        self.frontier = idx[best]
+        self.frontier_anc = self._fed_rows[best // k]
+        self.last_entropy = self._entropy(frontier_logp)
+        return best // k
+
+    def feed_frontier(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frontier as the draft's next input: (tokens [f], tree mask [f, fed + f]).
+
+        Row i of the mask marks the tree slots node i may see: its ancestors and itself (the
+        prefix is always visible and not part of this mask).
+        """
+        f = int(self.frontier.numel())
+        mask = torch.cat([self.frontier_anc, torch.eye(f, dtype=torch.bool, device=self.device)], dim=1)
+        self._fed_rows = mask
+        self.fed += f
+        return self.frontier_tokens(), mask
+
+    def select(self, width: int) -> torch.Tensor:
+        """Global indices of the ``width`` best nodes, ascending (parents before children)."""
+        width = min(width, len(self))
+        if width <= 0:
+            return torch.empty(0, dtype=torch.long, device=self.device)
+        order = torch.sort(self.scores, descending=True, stable=True).indices[:width]
+        return order.sort().values
+
+    def verify_layout(self, width: int) -> VerifyLayout:
+        nodes = self.select(width)
+        w = int(nodes.numel())
+        local = torch.full((len(self) + 1,), -1, dtype=torch.long)
+        nodes_cpu = nodes.cpu()
+        local[nodes_cpu] = torch.arange(1, w + 1)
+        parents_global = self.parents[nodes].cpu()
+        # root children have parent -1 -> local[-1] is the slot for "root" below
+        local[-1] = 0
+        local_parent = torch.cat([torch.tensor([-1]), local[parents_global]])
+        anc = torch.eye(w + 1, dtype=torch.bool)
+        anc[:, 0] = True
+        cur = local_parent.clone()
+        rows = torch.arange(w + 1)
+        for _ in range(self.depth):
+            ok = cur > 0
+            if not bool(ok.any()):
+                break
+            anc[rows[ok], cur[ok]] = True
+            cur = torch.where(ok, local_parent[cur.clamp(min=0)], cur)
+        depths = torch.cat([torch.zeros(1, dtype=torch.long), self.node_depths[nodes].cpu()])
+        return VerifyLayout(nodes, self.tokens[nodes], depths, local_parent.tolist(), anc)

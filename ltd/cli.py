@@ -26,7 +26,18 @@ def _setup(threads: int | None) -> None:
     hf_logging.disable_progress_bar()
 
 
-@click.group()
+class LtdGroup(click.Group):
+    """Turns the project's own errors into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except LtdError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=LtdGroup)
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
 def cli(threads: int | None) -> None:
     """LTD: learned adaptive drafting for speculative decoding."""
@@ -190,16 +201,7 @@ def demo(pair_spec, limit, out):
 
 def main() -> None:
     try:
-        cli.main(standalone_mode=False)
-    except LtdError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+        cli.main(prog_name="ltd")
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)

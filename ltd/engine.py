@@ -120,7 +120,7 @@ class SpecEngine:
 
     def can_expand(self) -> bool:
         tree = self.tree
-        return tree is not None and tree.depth < self.max_depth and len(self.tokens) + tree.depth < self.max_context
+        return tree is not None and tree.depth < self.max_depth and len(self.tokens) + tree.depth + 1 < self.max_context
 
     def _mask(self, visible: torch.Tensor, prefix: int) -> torch.Tensor:
         """Additive float mask [1, 1, q, prefix + kv] from a bool tree mask [q, kv]."""
@@ -160,27 +160,33 @@ class SpecEngine:
         self.cycle_draft_seconds += self.clock.now() - t0
 
     @torch.inference_mode()
+    def target_pass(self, width: int) -> tuple[torch.Tensor, list[int], list[int]]:
+        """The target's one pass over the root and the best ``width`` nodes.
+
+        Returns (logits [w + 1, V], node tokens [w], local parents [w + 1]); row 0 is the root.
+        Appends w + 1 positions to the target's cache; :meth:`verify` keeps only the accepted ones.
+        """
+        tree = self.tree
+        prefix = len(self.tokens) - 1
+        root = torch.tensor([self.tokens[-1]], device=self.device)
+        if tree is not None and len(tree) and width > 0:
+            layout = tree.verify_layout(width)
+            ids = torch.cat([root, layout.tokens])[None]
+            pos = (prefix + layout.depths).to(self.device)[None]
+            out = self.pair.target(input_ids=ids, position_ids=pos, attention_mask=self._mask(layout.ancestors, prefix),
+                                   cache=self.target_cache, use_cache=True)
+            return out.logits[0], layout.tokens.tolist(), layout.parents
+        out = self.pair.target(input_ids=root[None], cache=self.target_cache, use_cache=True)
+        return out.logits[0], [], [-1]
+
+    @torch.inference_mode()
     def verify(self, width: int) -> CycleResult:
         """Verify the best ``width`` nodes in one target pass, accept, and commit the result."""
         tree = self.tree if self.tree is not None else DraftTree(1, self.device)
         t0 = self.clock.now()
         prefix = len(self.tokens) - 1
-        root = self.tokens[-1]
-        if len(tree) and width > 0:
-            layout = tree.verify_layout(width)
-            w = int(layout.nodes.numel())
-            ids = torch.cat([torch.tensor([root], device=self.device), layout.tokens])[None]
-            pos = (prefix + layout.depths).to(self.device)[None]
-            out = self.pair.target(input_ids=ids, position_ids=pos, attention_mask=self._mask(layout.ancestors, prefix),
-                                   cache=self.target_cache, use_cache=True)
-            node_tokens = layout.tokens.tolist()
-            parents = layout.parents
-        else:
-            w = 0
-            ids = torch.tensor([[root]], device=self.device)
-            out = self.pair.target(input_ids=ids, cache=self.target_cache, use_cache=True)
-            node_tokens, parents = [], [-1]
-        logits = out.logits[0]
+        logits, node_tokens, parents = self.target_pass(width)
+        w = len(node_tokens)
 
         children: dict[int, dict[int, int]] = {}
         for i in range(1, w + 1):

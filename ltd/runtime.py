@@ -51,10 +51,13 @@ class Generation:
 
 
 def generate_ids(engine: SpecEngine, prompt_ids: list[int], controller: Controller, max_new_tokens: int = 128,
-                 stop_at_eos: bool = True) -> Generation:
-    """Decode from ``prompt_ids`` until EOS, ``max_new_tokens`` or the end of the context."""
+                 stop_tokens: set[int] | None = None) -> Generation:
+    """Decode from ``prompt_ids`` until a stop token (default: EOS), ``max_new_tokens`` or the end of the context.
+
+    A stop token ends the output and is part of it, as in transformers' ``generate``.
+    """
     pair = engine.pair
-    eos = pair.eos_token_id if stop_at_eos else None
+    stops = stop_tokens if stop_tokens is not None else {pair.eos_token_id} - {None}
     clock = engine.clock
     t0 = clock.now()
     engine.reset(prompt_ids)
@@ -69,7 +72,7 @@ def generate_ids(engine: SpecEngine, prompt_ids: list[int], controller: Controll
         accepted.append(r.accepted)
         for tok in r.new_tokens:
             out.append(tok)
-            if tok == eos or len(out) >= max_new_tokens:
+            if tok in stops or len(out) >= max_new_tokens:
                 done = True
                 break
     seconds = clock.now() - t0

@@ -1,0 +1,25 @@
+# Each target makes its own virtualenv and installs what it needs (torch pinned to the CPU build).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ltd-installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## the main job on the built-in default pair
+	$(VENV)/bin/ltd demo
+
+test: $(STAMP)  ## the test suite (slow tests left out; `$(PY) -m pytest -m slow` runs them)
+	$(PY) -m pytest
+
+bench: $(STAMP)  ## plain vs static vs best static tree on the tiny pair
+	$(VENV)/bin/ltd bench --pair tiny --methods ar,static,grid --json runs/bench/core.json
+
+clean:
+	rm -rf $(VENV) runs

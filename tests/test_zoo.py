@@ -1,0 +1,77 @@
+"""Built-in pairs: split by file, saved the standard way, figures recorded, builds resumable."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from ltd.corpus import load_documents, split_documents
+from ltd.zoo import PRESETS, degeneracy, train_loop, weight_hashes
+
+
+def test_split_is_by_document_and_stable():
+    docs = load_documents()
+    train, held = split_documents(docs)
+    assert held and train
+    assert not {d.name for d in train} & {d.name for d in held}
+    assert 0.04 < len(held) / len(docs) < 0.2
+    again_train, again_held = split_documents(list(reversed(docs)))
+    assert {d.name for d in again_held} == {d.name for d in held}
+
+
+def test_micro_pair_is_saved_and_loads_with_from_pretrained(micro_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    meta = json.loads((micro_dir / "pair.json").read_text())
+    for key in ("recipe", "corpus", "params", "quality", "hashes", "versions"):
+        assert key in meta
+    assert meta["hashes"] == weight_hashes(micro_dir)
+    q = meta["quality"]
+    for key in ("heldout_loss_target", "repeated_4gram_share", "distinct_token_share", "greedy_acceptance"):
+        assert isinstance(q[key], float)
+    target = AutoModelForCausalLM.from_pretrained(micro_dir / "target")
+    draft = AutoModelForCausalLM.from_pretrained(micro_dir / "draft")
+    tok = AutoTokenizer.from_pretrained(micro_dir / "target")
+    assert target.config.vocab_size == draft.config.vocab_size == len(tok)
+    assert meta["params"]["draft"] < meta["params"]["target"]
+    ids = tok("def f(x):")["input_ids"]
+    assert ids[0] == tok.eos_token_id  # prompts start as documents do in training
+    assert (micro_dir / "prompts_heldout.jsonl").exists()
+
+
+def test_degeneracy_figures():
+    assert degeneracy([1, 2, 3, 4] * 5) == pytest.approx((1 - 4 / 17, 4 / 20))
+    rep, distinct = degeneracy(list(range(20)))
+    assert rep == 0.0 and distinct == 1.0
+
+
+def test_training_resumes_exactly_where_it_stopped(tmp_path):
+    recipe = dataclasses.replace(PRESETS["micro"], warmup_steps=2)
+
+    def make():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+    def loss_fn(model, stop_at=None, calls=[0]):  # noqa: B006 - a counter shared across calls on purpose
+        def fn(gen):
+            calls[0] += 1
+            if stop_at is not None and calls[0] > stop_at:
+                raise KeyboardInterrupt
+            x = torch.randn(4, 8, generator=gen)
+            return (model(x) - x.sum(1, keepdim=True)).pow(2).mean()
+        return fn
+
+    straight = make()
+    train_loop(straight, loss_fn(straight), 12, 1e-2, recipe, tmp_path / "a.ckpt", "a", checkpoint_every_s=0)
+
+    resumed = make()
+    with pytest.raises(KeyboardInterrupt):
+        train_loop(resumed, loss_fn(resumed, stop_at=5, calls=[0]), 12, 1e-2, recipe, tmp_path / "b.ckpt", "b",
+                   checkpoint_every_s=0)
+    resumed = make()  # a new process would start from scratch weights and read the checkpoint
+    train_loop(resumed, loss_fn(resumed), 12, 1e-2, recipe, tmp_path / "b.ckpt", "b", checkpoint_every_s=0)
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ltd import kv
 from ltd.clock import WallClock
 from ltd.errors import PromptError
 from ltd.pair import Pair
+from ltd.runners import make_runner
 from ltd.tree import DraftTree
 
 
@@ -69,7 +69,7 @@ class SpecEngine:
     """Tree speculative decoding over one :class:`~ltd.pair.Pair`, batch size one."""
 
     def __init__(self, pair: Pair, temperature: float = 0.0, seed: int | None = None, clock=None,
-                 max_depth: int = 16):
+                 max_depth: int = 16, backend: str = "auto"):
         if temperature < 0:
             raise ValueError("temperature must be >= 0")
         self.pair = pair
@@ -80,7 +80,9 @@ class SpecEngine:
         self.max_context = min(pair.max_context, int(getattr(pair.draft.config, "max_position_embeddings", 1 << 30)))
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(0 if seed is None else seed)
-        self._neg = torch.finfo(next(pair.target.parameters()).dtype).min
+        # The target also holds the (max_depth*top_k^2 sized) tree beyond the context while verifying.
+        self.target = make_runner(pair.target, self.max_context + 1024, backend)
+        self.draft = make_runner(pair.draft, self.max_context + 1024, backend)
         self.tokens: list[int] = []
         self.tree: DraftTree | None = None
 
@@ -94,15 +96,14 @@ class SpecEngine:
             raise PromptError(f"prompt of {len(prompt_ids)} tokens does not fit the model's context of "
                               f"{self.max_context}: shorten the prompt")
         self.tokens = list(prompt_ids)
-        self.target_cache = kv.new_cache(self.pair.target)
-        self.draft_cache = kv.new_cache(self.pair.draft)
+        self.target.reset()
+        self.draft.reset()
         self.draft_len = 0
         self.tree = None
         self.cycle_draft_seconds = 0.0
         if len(prompt_ids) > 1:
-            ids = torch.tensor([prompt_ids[:-1]], device=self.device)
             with torch.inference_mode():
-                self.pair.target(input_ids=ids, cache=self.target_cache, use_cache=True, logits_to_keep=1)
+                self.target.forward(torch.tensor(prompt_ids[:-1], device=self.device), rows="last")
 
     @property
     def room(self) -> int:
@@ -122,13 +123,10 @@ class SpecEngine:
         tree = self.tree
         return tree is not None and tree.depth < self.max_depth and len(self.tokens) + tree.depth + 1 < self.max_context
 
-    def _mask(self, visible: torch.Tensor, prefix: int) -> torch.Tensor:
-        """Additive float mask [1, 1, q, prefix + kv] from a bool tree mask [q, kv]."""
-        q = visible.shape[0]
-        full = torch.cat([torch.ones(q, prefix, dtype=torch.bool, device=visible.device), visible], dim=1)
-        mask = torch.zeros(full.shape, dtype=self.pair.target.dtype, device=self.device)
-        mask.masked_fill_(~full.to(self.device), self._neg)
-        return mask[None, None]
+    def _visible(self, tree_part: torch.Tensor, prefix: int) -> torch.Tensor:
+        """Bool mask [q, prefix + kv]: all of the prefix, then the tree part [q, kv]."""
+        q = tree_part.shape[0]
+        return torch.cat([torch.ones(q, prefix, dtype=torch.bool), tree_part.cpu()], dim=1).to(self.device)
 
     @torch.inference_mode()
     def expand(self) -> None:
@@ -139,24 +137,18 @@ class SpecEngine:
         if not self.can_expand():
             raise RuntimeError("no room to expand: check can_expand()")
         t0 = self.clock.now()
-        draft = self.pair.draft
+        draft = self.draft
         if tree.depth == 0:
-            kv.truncate(self.draft_cache, self.draft_len)
-            ids = torch.tensor([self.tokens[self.draft_len:]], device=self.device)
-            logits = draft(input_ids=ids, cache=self.draft_cache, use_cache=True, logits_to_keep=1).logits
+            draft.truncate(self.draft_len)
+            ids = torch.tensor(self.tokens[self.draft_len:], device=self.device)
+            logits = draft.forward(ids, rows="last")
             self.draft_len = len(self.tokens)
-            tree.add_root_children(torch.log_softmax(logits[0, -1].float(), dim=-1))
+            tree.add_root_children(torch.log_softmax(logits[-1].float(), dim=-1))
         else:
             tokens, visible = tree.feed_frontier()
-            pos = self.draft_len - 1 + tree.depth
-            logits = draft(
-                input_ids=tokens[None],
-                position_ids=torch.full((1, tokens.numel()), pos, device=self.device),
-                attention_mask=self._mask(visible, self.draft_len),
-                cache=self.draft_cache,
-                use_cache=True,
-            ).logits
-            tree.add_children(torch.log_softmax(logits[0].float(), dim=-1))
+            pos = torch.full((tokens.numel(),), self.draft_len - 1 + tree.depth, device=self.device)
+            logits = draft.forward(tokens, pos, self._visible(visible, self.draft_len))
+            tree.add_children(torch.log_softmax(logits.float(), dim=-1))
         self.cycle_draft_seconds += self.clock.now() - t0
 
     @torch.inference_mode()
@@ -171,13 +163,11 @@ class SpecEngine:
         root = torch.tensor([self.tokens[-1]], device=self.device)
         if tree is not None and len(tree) and width > 0:
             layout = tree.verify_layout(width)
-            ids = torch.cat([root, layout.tokens])[None]
-            pos = (prefix + layout.depths).to(self.device)[None]
-            out = self.pair.target(input_ids=ids, position_ids=pos, attention_mask=self._mask(layout.ancestors, prefix),
-                                   cache=self.target_cache, use_cache=True)
-            return out.logits[0], layout.tokens.tolist(), layout.parents
-        out = self.pair.target(input_ids=root[None], cache=self.target_cache, use_cache=True)
-        return out.logits[0], [], [-1]
+            ids = torch.cat([root, layout.tokens])
+            pos = (prefix + layout.depths).to(self.device)
+            logits = self.target.forward(ids, pos, self._visible(layout.ancestors, prefix))
+            return logits, layout.tokens.tolist(), layout.parents
+        return self.target.forward(root), [], [-1]
 
     @torch.inference_mode()
     def verify(self, width: int) -> CycleResult:
@@ -213,7 +203,7 @@ class SpecEngine:
                 path.append(nxt)
                 cur = nxt
 
-        kv.keep_prefix_and(self.target_cache, prefix + 1, [prefix + i for i in path])
+        self.target.keep_prefix_and(prefix + 1, [prefix + i for i in path])
         new_tokens = [node_tokens[i - 1] for i in path] + [bonus]
         self.tokens.extend(new_tokens)
         depth = tree.depth

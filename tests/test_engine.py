@@ -27,6 +27,12 @@ def reference(pair, ids: list[int], max_new_tokens: int, eos: int | None = None)
     return out[0, len(ids):].tolist()
 
 
+@pytest.fixture(params=["fast", "hf"])
+def backend(request) -> str:
+    """Both forward paths: plain torch over the weights, and the transformers forward."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def prompt_ids(noisy_pair, micro_prompts) -> list[list[int]]:
     ids = [noisy_pair.encode(p)[:40] for p in micro_prompts[:50]]
@@ -34,8 +40,8 @@ def prompt_ids(noisy_pair, micro_prompts) -> list[list[int]]:
     return ids
 
 
-def test_greedy_identical_to_target_generate(noisy_pair, prompt_ids):
-    engine = SpecEngine(noisy_pair)
+def test_greedy_identical_to_target_generate(noisy_pair, prompt_ids, backend):
+    engine = SpecEngine(noisy_pair, backend=backend)
     refs = [reference(noisy_pair, ids, 24) for ids in prompt_ids]
     accepted = []
     for depth, top_k, width in SETTINGS:
@@ -48,8 +54,8 @@ def test_greedy_identical_to_target_generate(noisy_pair, prompt_ids):
     assert max(accepted) >= 3 and min(accepted) == 0
 
 
-def test_qwen3_architecture_is_lossless(qwen_pair, micro_prompts):
-    engine = SpecEngine(qwen_pair)
+def test_qwen3_architecture_is_lossless(qwen_pair, micro_prompts, backend):
+    engine = SpecEngine(qwen_pair, backend=backend)
     for p in micro_prompts[:8]:
         ids = qwen_pair.encode(p)[:30]
         ref = reference(qwen_pair, ids, 20)
@@ -57,8 +63,8 @@ def test_qwen3_architecture_is_lossless(qwen_pair, micro_prompts):
             assert generate_ids(engine, ids, StaticController(depth, top_k, width), max_new_tokens=20).output_ids == ref
 
 
-def test_copy_draft_gets_every_drafted_token_accepted(copy_pair, micro_prompts):
-    engine = SpecEngine(copy_pair)
+def test_copy_draft_gets_every_drafted_token_accepted(copy_pair, micro_prompts, backend):
+    engine = SpecEngine(copy_pair, backend=backend)
     ids = copy_pair.encode(micro_prompts[0])[:30]
     engine.reset(ids)
     for _ in range(6):
@@ -82,8 +88,8 @@ def test_copy_draft_gets_every_drafted_token_accepted(copy_pair, micro_prompts):
         assert r.accepted >= chain >= 1
 
 
-def test_eos_inside_accepted_path_stops_there(copy_pair, micro_prompts):
-    engine = SpecEngine(copy_pair)
+def test_eos_inside_accepted_path_stops_there(copy_pair, micro_prompts, backend):
+    engine = SpecEngine(copy_pair, backend=backend)
     for p in micro_prompts[:10]:
         ids = copy_pair.encode(p)[:30]
         free = reference(copy_pair, ids, 12, eos=-1)
@@ -95,16 +101,16 @@ def test_eos_inside_accepted_path_stops_there(copy_pair, micro_prompts):
 
 
 @pytest.mark.parametrize("max_new", [1, 3, 7])
-def test_max_new_tokens_cut_inside_accepted_path(copy_pair, micro_prompts, max_new):
-    engine = SpecEngine(copy_pair)
+def test_max_new_tokens_cut_inside_accepted_path(copy_pair, micro_prompts, max_new, backend):
+    engine = SpecEngine(copy_pair, backend=backend)
     ids = copy_pair.encode(micro_prompts[1])[:30]
     g = generate_ids(engine, ids, StaticController(5, 1, 5), max_new_tokens=max_new)
     assert g.output_ids == reference(copy_pair, ids, max_new)
     assert len(g.output_ids) == max_new
 
 
-def test_tree_verify_logits_equal_chain_logits(noisy_pair, micro_prompts):
-    engine = SpecEngine(noisy_pair)
+def test_tree_verify_logits_equal_chain_logits(noisy_pair, micro_prompts, backend):
+    engine = SpecEngine(noisy_pair, backend=backend)
     ids = noisy_pair.encode(micro_prompts[2])[:40]
     engine.reset(ids)
     run_cycle(engine, StaticController(2, 2, 3))  # move past the prompt so the caches hold a real history
@@ -127,8 +133,8 @@ def test_tree_verify_logits_equal_chain_logits(noisy_pair, micro_prompts):
     assert int(layout.depths.max()) == 4
 
 
-def test_depth_zero_is_plain_decoding_and_skips_the_draft(noisy_pair, micro_prompts):
-    engine = SpecEngine(noisy_pair)
+def test_depth_zero_is_plain_decoding_and_skips_the_draft(noisy_pair, micro_prompts, backend):
+    engine = SpecEngine(noisy_pair, backend=backend)
     ids = noisy_pair.encode(micro_prompts[3])[:20]
     engine.reset(ids)
     r = run_cycle(engine, StaticController(0, 1, 0))
@@ -138,20 +144,24 @@ def test_depth_zero_is_plain_decoding_and_skips_the_draft(noisy_pair, micro_prom
     assert engine.draft_len == len(engine.tokens) - len(r.new_tokens)
 
 
-def test_caches_track_the_accepted_path(noisy_pair, micro_prompts):
-    from ltd import kv
-
-    engine = SpecEngine(noisy_pair)
+def test_caches_track_the_accepted_path(noisy_pair, micro_prompts, backend):
+    engine = SpecEngine(noisy_pair, backend=backend)
     engine.reset(noisy_pair.encode(micro_prompts[4])[:30])
     for cfg in [(3, 3, 8), (0, 1, 0), (5, 2, 9), (2, 4, 12)] * 3:
         run_cycle(engine, StaticController(*cfg))
-        assert kv.length(engine.target_cache) == len(engine.tokens) - 1
-        assert kv.length(engine.draft_cache) >= engine.draft_len
+        assert engine.target.length == len(engine.tokens) - 1
+        assert engine.draft.length >= engine.draft_len
 
 
-def test_context_limit_is_respected(noisy_pair):
-    engine = SpecEngine(noisy_pair)
+def test_context_limit_is_respected(noisy_pair, backend):
+    engine = SpecEngine(noisy_pair, backend=backend)
     ids = [5] * (engine.max_context - 4)
     g = generate_ids(engine, ids, StaticController(6, 2, 8), max_new_tokens=50)
     assert len(ids) + len(g.output_ids) <= engine.max_context
     assert g.output_ids == reference(noisy_pair, ids, len(g.output_ids))
+
+
+def test_auto_backend_picks_the_checked_fast_path(noisy_pair, qwen_pair):
+    assert SpecEngine(noisy_pair).target.kind == "fast"
+    assert SpecEngine(qwen_pair).draft.kind == "fast"
+    assert SpecEngine(noisy_pair, backend="hf").target.kind == "hf"

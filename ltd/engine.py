@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ltd.clock import WallClock
-from ltd.errors import PromptError
+from ltd.errors import ConfigError, PromptError
 from ltd.pair import Pair
 from ltd.runners import make_runner
 from ltd.tree import DraftTree
@@ -69,7 +69,7 @@ class SpecEngine:
     """Tree speculative decoding over one :class:`~ltd.pair.Pair`, batch size one."""
 
     def __init__(self, pair: Pair, temperature: float = 0.0, seed: int | None = None, clock=None,
-                 max_depth: int = 16, backend: str = "auto"):
+                 max_depth: int = 16, backend: str = "auto", draft_vocab: int | None = None):
         if temperature < 0:
             raise ValueError("temperature must be >= 0")
         self.pair = pair
@@ -83,6 +83,13 @@ class SpecEngine:
         # The target also holds the (max_depth*top_k^2 sized) tree beyond the context while verifying.
         self.target = make_runner(pair.target, self.max_context + 1024, backend)
         self.draft = make_runner(pair.draft, self.max_context + 1024, backend)
+        self.draft_vocab: torch.Tensor | None = None
+        if draft_vocab:
+            ranking = pair.meta.get("token_ranking")
+            if not ranking:
+                raise ConfigError(f"pair {pair.name} has no token ranking in pair.json: draft_vocab needs one")
+            self.draft_vocab = torch.tensor(ranking[:draft_vocab], device=self.device)
+            self.draft.restrict_vocab(self.draft_vocab)
         self.tokens: list[int] = []
         self.tree: DraftTree | None = None
 
@@ -116,7 +123,7 @@ class SpecEngine:
         """Open a cycle with an empty tree whose expansions keep ``top_k`` nodes."""
         if top_k < 1:
             raise ValueError("top_k must be >= 1")
-        self.tree = DraftTree(top_k, self.device)
+        self.tree = DraftTree(top_k, self.device, self.draft_vocab)
         self.cycle_draft_seconds = 0.0
 
     def can_expand(self) -> bool:

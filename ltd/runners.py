@@ -40,10 +40,15 @@ class HFRunner:
         self.model = model
         self.device = next(model.parameters()).device
         self.neg = torch.finfo(model.dtype).min
+        self.vocab: torch.Tensor | None = None
         self.reset()
 
     def reset(self) -> None:
         self.cache = DynamicCache(config=self.model.config)
+
+    def restrict_vocab(self, ids: torch.Tensor) -> None:
+        """Return logits of these token ids only (column j is token ``ids[j]``)."""
+        self.vocab = ids.to(self.device)
 
     @property
     def length(self) -> int:
@@ -60,7 +65,8 @@ class HFRunner:
             kwargs["position_ids"] = positions[None]
         out = self.model(input_ids=ids[None], cache=self.cache, use_cache=True,
                          logits_to_keep=1 if rows == "last" else 0, **kwargs)
-        return out.logits[0]
+        logits = out.logits[0]
+        return logits if self.vocab is None else logits[:, self.vocab]
 
     def truncate(self, keep: int) -> None:
         extra = self.length - keep
@@ -93,6 +99,7 @@ class FastRunner:
         self.embed = inner.embed_tokens.weight
         self.norm_w, self.eps = inner.norm.weight, float(cfg.rms_norm_eps)
         self.head_w = model.lm_head.weight
+        self.vocab: torch.Tensor | None = None
         self.n_heads = cfg.num_attention_heads
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
@@ -125,6 +132,11 @@ class FastRunner:
 
     def reset(self) -> None:
         self.length = 0
+
+    def restrict_vocab(self, ids: torch.Tensor) -> None:
+        """Compute logits of these token ids only: a smaller output matrix to read per step."""
+        self.vocab = ids.to(self.device)
+        self.head_w = self.model.lm_head.weight[self.vocab].contiguous()
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2

@@ -33,8 +33,9 @@ class VerifyLayout:
 class DraftTree:
     """One cycle's draft tree, grown by expansions and read by verification."""
 
-    def __init__(self, top_k: int, device: torch.device):
+    def __init__(self, top_k: int, device: torch.device, vocab: torch.Tensor | None = None):
         self.top_k = top_k
+        self.vocab = vocab  # token id of each draft logit column (None: column = token id)
         self.device = device
         self.tokens = torch.empty(0, dtype=torch.long, device=device)
         self.scores = torch.empty(0, dtype=torch.float32, device=device)
@@ -72,7 +73,9 @@ class DraftTree:
 
     def add_root_children(self, root_logp: torch.Tensor) -> None:
         """First expansion: ``root_logp`` [V] log-probabilities after the root."""
-        vals, toks = root_logp.topk(self.top_k)
+        vals, toks = root_logp.topk(min(self.top_k, root_logp.shape[-1]))
+        if self.vocab is not None:
+            toks = self.vocab[toks]
         idx = self._append(toks, vals, torch.full_like(toks, -1))
         self.frontier = idx
         self.frontier_anc = torch.zeros(idx.numel(), self.fed, dtype=torch.bool, device=self.device)
@@ -85,6 +88,8 @@ class DraftTree:
         """
         k = self.top_k
         vals, toks = frontier_logp.topk(k, dim=-1)  # [f, k]
+        if self.vocab is not None:
+            toks = self.vocab[toks]
         cum = self.frontier_scores[:, None] + vals  # [f, k]
         parents = self.frontier[:, None].expand_as(toks)
         idx = self._append(toks.reshape(-1), cum.reshape(-1), parents.reshape(-1))

@@ -162,6 +162,18 @@ def train_tokenizer(docs: list[Document], vocab_size: int, max_position: int, ou
     return fast
 
 
+def token_ranking(stream: torch.Tensor, vocab_size: int) -> list[int]:
+    """All token ids, most frequent in the training stream first (ties by id).
+
+    The engine can restrict the draft's output layer to the head of this ranking (as EAGLE-3
+    restricts its draft vocabulary): on a CPU the draft's output matrix is most of what a draft
+    step reads.
+    """
+    counts = torch.bincount(stream, minlength=vocab_size).double()
+    order = sorted(range(len(counts)), key=lambda i: (-float(counts[i]), i))
+    return order
+
+
 def encode_documents(tokenizer, docs: list[Document]) -> torch.Tensor:
     """One long id stream: separator, document, separator, document, ..."""
     eos = tokenizer.eos_token_id
@@ -500,6 +512,7 @@ def train_pair(recipe: Recipe, threads: int | None = None) -> Path:
         "train_documents": len(train_docs),
         "heldout_documents": len(heldout_docs),
         "train_tokens": int(len(stream)),
+        "token_ranking": token_ranking(stream, len(tokenizer)),
         "params": {"target": count_params(target), "draft": count_params(draft)},
         "quality": figures,
         "hashes": weight_hashes(staging),

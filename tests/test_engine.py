@@ -165,3 +165,12 @@ def test_auto_backend_picks_the_checked_fast_path(noisy_pair, qwen_pair):
     assert SpecEngine(noisy_pair).target.kind == "fast"
     assert SpecEngine(qwen_pair).draft.kind == "fast"
     assert SpecEngine(noisy_pair, backend="hf").target.kind == "hf"
+
+
+def test_restricted_draft_vocabulary_stays_lossless(micro_pair, micro_prompts, backend):
+    engine = SpecEngine(micro_pair, backend=backend, draft_vocab=64)
+    assert engine.draft_vocab is not None and engine.draft_vocab.numel() == 64
+    for p in micro_prompts[:10]:
+        ids = micro_pair.encode(p)[:30]
+        g = generate_ids(engine, ids, StaticController(3, 3, 8), max_new_tokens=20)
+        assert g.output_ids == reference(micro_pair, ids, 20)

@@ -174,14 +174,15 @@ def plot(summary: dict, path: Path, title: str) -> None:
 
 def run_bench(pair: Pair, prompts: list[list[int]], methods: list[str], max_new_tokens: int = 64,
               validation: int = 6, static: StaticController = DEFAULT_STATIC, grid: list[StaticController] | None = None,
-              json_out: str | Path | None = None, workload: str = "code") -> dict:
+              json_out: str | Path | None = None, workload: str = "code", engine_options: dict | None = None) -> dict:
     """Measure ``methods`` on ``prompts``; the first ``validation`` prompts choose ``grid`` and are not reported."""
     unknown = [m for m in methods if m not in KNOWN_METHODS]
     if unknown:
         raise ConfigError(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(KNOWN_METHODS)}")
     if "grid" in methods and len(prompts) <= validation:
         raise ConfigError(f"grid needs more than {validation} prompts (the first {validation} choose the config)")
-    engine = SpecEngine(pair)
+    engine_options = {k: v for k, v in (engine_options or {}).items() if v is not None}
+    engine = SpecEngine(pair, **engine_options)
     val, test = (prompts[:validation], prompts[validation:]) if "grid" in methods else ([], prompts)
     controllers: dict[str, Controller] = {"ar": plain()}
     grid_table: list[dict] = []
@@ -196,6 +197,7 @@ def run_bench(pair: Pair, prompts: list[list[int]], methods: list[str], max_new_
     summary = summarize(results)
     summary.update(pair=pair.name, fingerprint=pair.fingerprint(), workload=workload, prompts=len(test),
                    validation_prompts=len(val), max_new_tokens=max_new_tokens, hardware=hardware(),
+                   engine={"backend": engine.target.kind, "draft_vocab": engine_options.get("draft_vocab")},
                    grid=grid_table)
     if json_out:
         json_out = Path(json_out)

@@ -114,8 +114,12 @@ def _static_options(f):
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0: greedy.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--draft-vocab", type=int, default=None, help="Draft proposes only the N most frequent tokens.")
+@click.option("--backend", type=click.Choice(["auto", "fast", "hf"]), default="auto", show_default=True,
+              help="Forward path: plain-torch fast path, transformers, or fast where it checks out.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per prompt.")
-def generate(pair_spec, prompt, prompts_file, depth, top_k, width, max_new_tokens, temperature, seed, device, as_json):
+def generate(pair_spec, prompt, prompts_file, depth, top_k, width, max_new_tokens, temperature, seed, device,
+             draft_vocab, backend, as_json):
     """Generate with speculative decoding (the text is the target's own)."""
     from ltd.controllers import StaticController
     from ltd.engine import SpecEngine
@@ -129,7 +133,7 @@ def generate(pair_spec, prompt, prompts_file, depth, top_k, width, max_new_token
     prompts = [prompt] if prompt is not None else read_prompts(prompts_file)
     controller = StaticController(depth=depth, top_k=top_k, width=width)
     p = load_pair(pair_spec, device=device)
-    engine = SpecEngine(p, temperature=temperature, seed=seed)
+    engine = SpecEngine(p, temperature=temperature, seed=seed, draft_vocab=draft_vocab, backend=backend)
     for text in prompts:
         g = generate_ids(engine, p.encode(text), controller, max_new_tokens=max_new_tokens)
         if as_json:
@@ -154,8 +158,11 @@ def generate(pair_spec, prompt, prompts_file, depth, top_k, width, max_new_token
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--static", "static_cfg", default=None, help="Static tree as DEPTH,TOP_K,WIDTH.")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--draft-vocab", type=int, default=None, help="Draft proposes only the N most frequent tokens.")
+@click.option("--backend", type=click.Choice(["auto", "fast", "hf"]), default="auto", show_default=True)
 @click.option("--json", "json_out", default=None, help="Write the summary here (and .md, .png beside it).")
-def bench(pair_spec, methods, prompts_file, limit, validation, max_new_tokens, static_cfg, device, json_out):
+def bench(pair_spec, methods, prompts_file, limit, validation, max_new_tokens, static_cfg, device, draft_vocab, backend,
+          json_out):
     """Tokens/s of each method in one run, on held-out prompts, greedy."""
     from ltd.bench import DEFAULT_STATIC, format_summary, load_workload, run_bench
     from ltd.controllers import StaticController
@@ -174,7 +181,8 @@ def bench(pair_spec, methods, prompts_file, limit, validation, max_new_tokens, s
     n_val = validation if "grid" in method_list else 0
     prompts = [p.encode(t) for t in texts[: n_val + limit]]
     summary = run_bench(p, prompts, method_list, max_new_tokens=max_new_tokens, validation=n_val, static=static,
-                        json_out=json_out, workload=workload)
+                        json_out=json_out, workload=workload, engine_options={"draft_vocab": draft_vocab,
+                                                                             "backend": backend})
     click.echo(format_summary(summary))
 
 

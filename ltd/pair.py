@@ -58,8 +58,41 @@ class Pair:
         return list(self.tokenizer(prompt)["input_ids"])
 
 
+def _pair_from_yaml(path: Path) -> tuple[str, Path | None, Path | None]:
+    """A YAML file naming a preset (``preset: tiny``) or two checkpoints (``target:``, ``draft:``).
+
+    Relative paths are relative to the YAML file. A spec with a ``pair:`` section (an environment
+    spec) is read from that section.
+    """
+    import yaml
+
+    if not path.exists():
+        raise PairError(f"pair file {path} does not exist: give a preset name, target=PATH,draft=PATH or a YAML file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise PairError(f"pair file {path} is not valid YAML: {str(exc).splitlines()[0]}")
+    if isinstance(data, dict) and isinstance(data.get("pair"), (dict, str)):
+        data = data["pair"]
+    if isinstance(data, str):
+        return data, None, None
+    if not isinstance(data, dict):
+        raise PairError(f"pair file {path} must hold a mapping with preset, or target and draft")
+    unknown = set(data) - {"preset", "target", "draft"}
+    if unknown:
+        raise PairError(f"pair file {path}: unknown key {sorted(unknown)[0]!r} (known: preset, target, draft)")
+    if "preset" in data:
+        return str(data["preset"]), None, None
+    if not {"target", "draft"} <= set(data):
+        raise PairError(f"pair file {path} needs both target: PATH and draft: PATH (or preset: NAME)")
+    base = path.parent
+    return "custom", base / Path(str(data["target"])).expanduser(), base / Path(str(data["draft"])).expanduser()
+
+
 def parse_pair_spec(spec: str) -> tuple[str, Path | None, Path | None]:
-    """``tiny`` -> ("tiny", None, None); ``target=A,draft=B`` -> ("custom", A, B)."""
+    """``tiny`` -> ("tiny", None, None); ``target=A,draft=B`` -> ("custom", A, B); or a YAML file."""
+    if spec.endswith((".yaml", ".yml")):
+        return _pair_from_yaml(Path(spec).expanduser())
     if "=" not in spec:
         return spec, None, None
     parts = {}

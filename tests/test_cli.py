@@ -126,3 +126,16 @@ def test_pair_path_and_unknown_preset(ltd_home):
     proc = run_ltd("pair", "path", "tiny", env_home=ltd_home)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("pairs/tiny")
     assert_one_line_error(run_ltd("pair", "build", "--preset", "giant", env_home=ltd_home), "unknown preset")
+
+
+def test_pair_from_yaml(ltd_home, micro_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(micro_dir, tmp_path / "mine")
+    spec = tmp_path / "mine.yaml"
+    spec.write_text("target: mine/target\ndraft: mine/draft\n")
+    proc = run_ltd("generate", "--pair", str(spec), "--prompt", "def f(", "--max-new-tokens", "4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["output_ids"]) == 4
+    spec.write_text("target: mine/target\ndraft: mine/draft\ncolour: red\n")
+    assert_one_line_error(run_ltd("generate", "--pair", str(spec), "--prompt", "x"), "unknown key 'colour'")

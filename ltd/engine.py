@@ -150,12 +150,12 @@ class SpecEngine:
             ids = torch.tensor(self.tokens[self.draft_len:], device=self.device)
             logits = draft.forward(ids, rows="last")
             self.draft_len = len(self.tokens)
-            tree.add_root_children(torch.log_softmax(logits[-1].float(), dim=-1))
+            tree.add_root_children(logits[-1])
         else:
             tokens, visible = tree.feed_frontier()
             pos = torch.full((tokens.numel(),), self.draft_len - 1 + tree.depth, device=self.device)
             logits = draft.forward(tokens, pos, self._visible(visible, self.draft_len))
-            tree.add_children(torch.log_softmax(logits.float(), dim=-1))
+            tree.add_children(logits)
         self.cycle_draft_seconds += self.clock.now() - t0
 
     @torch.inference_mode()

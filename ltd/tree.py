@@ -46,7 +46,7 @@ class DraftTree:
         self.fed = 0  # tree nodes the draft has read this cycle (its cache slots after the prefix)
         self.frontier_anc = torch.empty(0, 0, dtype=torch.bool, device=device)  # [f, fed]
         self._fed_rows = self.frontier_anc
-        self.last_entropy = 0.0  # mean entropy of the draft distributions at the last expansion
+        self.last_logits: torch.Tensor | None = None  # the draft's logits at the last expansion
 
     def __len__(self) -> int:
         return int(self.tokens.numel())
@@ -67,37 +67,47 @@ class DraftTree:
         self.depth += 1
         return torch.arange(start, start + tokens.numel(), device=self.device)
 
-    @staticmethod
-    def _entropy(logp: torch.Tensor) -> float:
+    def last_entropy(self) -> float:
+        """Mean entropy of the draft's distributions at the last expansion (computed on demand)."""
+        if self.last_logits is None:
+            return 0.0
+        logp = torch.log_softmax(self.last_logits.float(), dim=-1)
         return float(-(logp.exp() * logp).sum(-1).mean())
 
-    def add_root_children(self, root_logp: torch.Tensor) -> None:
-        """First expansion: ``root_logp`` [V] log-probabilities after the root."""
-        vals, toks = root_logp.topk(min(self.top_k, root_logp.shape[-1]))
+    @staticmethod
+    def _top(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k log-probabilities and their columns, without normalising the whole row."""
+        vals, cols = logits.topk(min(k, logits.shape[-1]), dim=-1)
+        return vals.float() - torch.logsumexp(logits.float(), dim=-1, keepdim=True), cols
+
+    def add_root_children(self, root_logits: torch.Tensor) -> None:
+        """First expansion: ``root_logits`` [V], the draft's logits after the root."""
+        vals, toks = self._top(root_logits, self.top_k)
         if self.vocab is not None:
             toks = self.vocab[toks]
         idx = self._append(toks, vals, torch.full_like(toks, -1))
         self.frontier = idx
         self.frontier_anc = torch.zeros(idx.numel(), self.fed, dtype=torch.bool, device=self.device)
-        self.last_entropy = self._entropy(root_logp)
+        self.last_logits = root_logits
 
-    def add_children(self, frontier_logp: torch.Tensor) -> torch.Tensor:
-        """Later expansion: ``frontier_logp`` [k, V], one row per frontier node.
+    def add_children(self, frontier_logits: torch.Tensor) -> torch.Tensor:
+        """Later expansion: ``frontier_logits`` [f, V], the draft's logits, one row per frontier node.
 
         Returns, for each new frontier node, the row of its parent in the old frontier.
         """
-        k = self.top_k
-        vals, toks = frontier_logp.topk(k, dim=-1)  # [f, k]
+        vals, toks = self._top(frontier_logits, self.top_k)  # [f, k]
         if self.vocab is not None:
             toks = self.vocab[toks]
+        per_row = vals.shape[1]
         cum = self.frontier_scores[:, None] + vals  # [f, k]
         parents = self.frontier[:, None].expand_as(toks)
         idx = self._append(toks.reshape(-1), cum.reshape(-1), parents.reshape(-1))
-        best = cum.reshape(-1).topk(min(k, cum.numel())).indices
+        best = cum.reshape(-1).topk(min(self.top_k, cum.numel())).indices
+        rows = best // per_row
         self.frontier = idx[best]
-        self.frontier_anc = self._fed_rows[best // k]
-        self.last_entropy = self._entropy(frontier_logp)
-        return best // k
+        self.frontier_anc = self._fed_rows[rows]
+        self.last_logits = frontier_logits
+        return rows
 
     def feed_frontier(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The frontier as the draft's next input: (tokens [f], tree mask [f, fed + f]).

@@ -425,6 +425,40 @@ def weight_hashes(root: Path) -> dict:
     return {f"{part}/model.safetensors": _sha256(root / part / "model.safetensors") for part in ("target", "draft")}
 
 
+STEP_KEYS = ("target_steps", "draft_steps")
+
+
+def _reconcile_build(work: Path, recipe_dict: dict) -> list[dict]:
+    """Decide what of a previous build in ``work`` the recipe can still use.
+
+    Same recipe: resume. Only more steps: keep the checkpoints and continue (the cosine schedule
+    stretches to the new length, a warm restart); a longer target also invalidates the pool and the
+    draft. Anything else: start over. Returns the history of step extensions, kept in pair.json.
+    """
+    state_path, history_path = work / "recipe.json", work / "history.json"
+    history = json.loads(history_path.read_text()) if history_path.exists() else []
+    if not state_path.exists():
+        return history
+    old = json.loads(state_path.read_text())
+    if old == recipe_dict:
+        return history
+    same_but_steps = {k: v for k, v in old.items() if k not in STEP_KEYS} == {
+        k: v for k, v in recipe_dict.items() if k not in STEP_KEYS}
+    if same_but_steps and all(recipe_dict[k] >= old[k] for k in STEP_KEYS):
+        log.warning("%s: steps extended from %s to %s; continuing the previous build", recipe_dict["name"],
+                    {k: old[k] for k in STEP_KEYS}, {k: recipe_dict[k] for k in STEP_KEYS})
+        history.append({"from": {k: old[k] for k in STEP_KEYS}, "to": {k: recipe_dict[k] for k in STEP_KEYS}})
+        if recipe_dict["target_steps"] > old["target_steps"]:
+            for name in ("pool.safetensors", "draft.ckpt"):
+                (work / name).unlink(missing_ok=True)
+        atomic_write_json(history_path, history)
+        return history
+    log.warning("recipe changed since the last build of %s: starting over", recipe_dict["name"])
+    shutil.rmtree(work)
+    work.mkdir(parents=True)
+    return []
+
+
 def train_pair(recipe: Recipe, threads: int | None = None) -> Path:
     """Train a pair from its recipe (resuming a previous build) and install it under $LTD_HOME."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -436,10 +470,7 @@ def train_pair(recipe: Recipe, threads: int | None = None) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     state_path = work / "recipe.json"
     recipe_dict = dataclasses.asdict(recipe)
-    if state_path.exists() and json.loads(state_path.read_text()) != recipe_dict:
-        log.warning("recipe changed since the last build of %s: starting over", recipe.name)
-        shutil.rmtree(work)
-        work.mkdir(parents=True)
+    history = _reconcile_build(work, recipe_dict)
     atomic_write_json(state_path, recipe_dict)
 
     docs = load_documents()
@@ -508,6 +539,7 @@ def train_pair(recipe: Recipe, threads: int | None = None) -> Path:
     meta = {
         "preset": recipe.name,
         "recipe": recipe_dict,
+        "step_extensions": history,
         "corpus": corpus_fingerprint(docs),
         "train_documents": len(train_docs),
         "heldout_documents": len(heldout_docs),

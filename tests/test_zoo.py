@@ -75,3 +75,21 @@ def test_training_resumes_exactly_where_it_stopped(tmp_path):
     train_loop(resumed, loss_fn(resumed), 12, 1e-2, recipe, tmp_path / "b.ckpt", "b", checkpoint_every_s=0)
     for a, b in zip(straight.parameters(), resumed.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_more_steps_continue_a_build_other_changes_restart(tmp_path):
+    from ltd.zoo import _reconcile_build
+
+    base = dataclasses.asdict(PRESETS["micro"])
+    (tmp_path / "target.ckpt").write_text("x")
+    (tmp_path / "draft.ckpt").write_text("x")
+    (tmp_path / "recipe.json").write_text(json.dumps(base))
+    assert _reconcile_build(tmp_path, base) == []
+    longer = dict(base, target_steps=base["target_steps"] + 100)
+    history = _reconcile_build(tmp_path, longer)
+    assert history and history[-1]["to"]["target_steps"] == longer["target_steps"]
+    assert (tmp_path / "target.ckpt").exists() and not (tmp_path / "draft.ckpt").exists()
+    (tmp_path / "recipe.json").write_text(json.dumps(longer))
+    changed = dict(longer, seq_len=64)
+    assert _reconcile_build(tmp_path, changed) == []
+    assert not (tmp_path / "target.ckpt").exists()

@@ -16,6 +16,10 @@ from ltd.runtime import Generation, generate, run_cycle
 
 __version__ = "0.1.0"
 
+from ltd.env import register_envs  # noqa: E402  (registers ltd/<spec>-<view>-v0 ids)
+
+register_envs()
+
 __all__ = [
     "ConfigError", "CycleResult", "Generation", "LtdError", "Pair", "PairError", "PromptError", "SpecEngine",
     "StaticController", "generate", "load_pair", "run_cycle",

@@ -43,6 +43,8 @@ class CycleResult:
     tree_size: int
     draft_seconds: float
     verify_seconds: float
+    draft_inputs: list[int] = field(default_factory=list)  # tokens the draft read at each expansion
+    context: int = 0  # tokens before the cycle (the target's cached prefix + the root)
 
     @property
     def seconds(self) -> float:
@@ -50,19 +52,17 @@ class CycleResult:
 
 
 @dataclass
-class EngineStats:
-    cycles: int = 0
-    tokens: int = 0
-    draft_seconds: float = 0.0
-    verify_seconds: float = 0.0
-    accepted: list[int] = field(default_factory=list)
+class History:
+    """What recent cycles did, for the features of the next decisions."""
 
-    def add(self, r: CycleResult) -> None:
-        self.cycles += 1
-        self.tokens += len(r.new_tokens)
-        self.draft_seconds += r.draft_seconds
-        self.verify_seconds += r.verify_seconds
-        self.accepted.append(r.accepted)
+    accept_ema: float = 0.0
+    accept_last: int = 0
+    depth_last: int = 0
+    width_last: int = 0
+
+    def update(self, r: CycleResult, alpha: float = 0.3) -> None:
+        self.accept_ema = (1 - alpha) * self.accept_ema + alpha * r.accepted
+        self.accept_last, self.depth_last, self.width_last = r.accepted, r.depth, r.width
 
 
 class SpecEngine:
@@ -92,6 +92,7 @@ class SpecEngine:
             self.draft.restrict_vocab(self.draft_vocab)
         self.tokens: list[int] = []
         self.tree: DraftTree | None = None
+        self.history = History()
 
     # ------------------------------------------------------------------ sequence
 
@@ -107,7 +108,9 @@ class SpecEngine:
         self.draft.reset()
         self.draft_len = 0
         self.tree = None
+        self.history = History()
         self.cycle_draft_seconds = 0.0
+        self.cycle_draft_inputs = []
         if len(prompt_ids) > 1:
             with torch.inference_mode():
                 self.target.forward(torch.tensor(prompt_ids[:-1], device=self.device), rows="last")
@@ -125,6 +128,7 @@ class SpecEngine:
             raise ValueError("top_k must be >= 1")
         self.tree = DraftTree(top_k, self.device, self.draft_vocab)
         self.cycle_draft_seconds = 0.0
+        self.cycle_draft_inputs: list[int] = []
 
     def can_expand(self) -> bool:
         tree = self.tree
@@ -146,13 +150,17 @@ class SpecEngine:
         t0 = self.clock.now()
         draft = self.draft
         if tree.depth == 0:
-            draft.truncate(self.draft_len)
-            ids = torch.tensor(self.tokens[self.draft_len:], device=self.device)
+            # the draft reads what it has not seen; at least the root (a cycle may be re-begun)
+            start = min(self.draft_len, len(self.tokens) - 1)
+            draft.truncate(start)
+            ids = torch.tensor(self.tokens[start:], device=self.device)
+            self.cycle_draft_inputs.append(int(ids.numel()))
             logits = draft.forward(ids, rows="last")
             self.draft_len = len(self.tokens)
             tree.add_root_children(logits[-1])
         else:
             tokens, visible = tree.feed_frontier()
+            self.cycle_draft_inputs.append(int(tokens.numel()))
             pos = torch.full((tokens.numel(),), self.draft_len - 1 + tree.depth, device=self.device)
             logits = draft.forward(tokens, pos, self._visible(visible, self.draft_len))
             tree.add_children(logits)
@@ -216,5 +224,8 @@ class SpecEngine:
         depth = tree.depth
         self.tree = None
         t1 = self.clock.now()
-        return CycleResult(new_tokens, len(path), depth, w, tree.top_k, len(tree),
-                           self.cycle_draft_seconds, t1 - t0)
+        inputs = self.cycle_draft_inputs if depth else []
+        result = CycleResult(new_tokens, len(path), depth, w, tree.top_k, len(tree),
+                             self.cycle_draft_seconds if depth else 0.0, t1 - t0, list(inputs), prefix + 1)
+        self.history.update(result)
+        return result

@@ -100,7 +100,7 @@ PRESETS: dict[str, Recipe] = {
         eval_prompts=8,
         eval_new_tokens=30,
         prompt_tokens=32,
-        workload_prompts=64,
+        workload_prompts=120,
     ),
     # The default pair: quality first (non-degenerate target, draft acceptance >= 0.6).
     "tiny": Recipe(

@@ -207,6 +207,65 @@ def demo(pair_spec, limit, out):
     click.echo(f"report: {Path(out) / 'bench.md'}, plot: {Path(out) / 'bench.png'}")
 
 
+# ----------------------------------------------------------------------------- RL
+
+
+@cli.command()
+@click.argument("spec")
+@click.option("--out", default=None, help="Where to write the cost model (default: beside the spec).")
+def profile(spec, out):
+    """Fit the cost-model clock of SPEC's pair on this machine."""
+    from pathlib import Path
+
+    from ltd.clock import profile_pair
+    from ltd.pair import load_pair
+    from ltd.spec import load_spec
+
+    s = load_spec(spec)
+    model = profile_pair(load_pair(s.pair_spec, device=s.device), top_k=s.drafting.top_k)
+    path = Path(out) if out else s.cost_model_path
+    model.save(path)
+    click.echo(f"{path}: draft {model.draft}, verify {model.verify}, overhead {model.overhead:.6f} s "
+               f"+ {model.expand_overhead:.6f} s per expansion, fit error {model.fit_error}")
+
+
+@cli.command()
+@click.argument("spec", required=False)
+@click.option("--config", "config_path", default="experiments/ppo.yaml", show_default=True)
+@click.option("--run-dir", default=None, help="Run folder (default: runs/<spec>-<time>).")
+@click.option("--resume", "resume_dir", default=None, help="Continue the run in this folder (made by you).")
+@click.option("--timesteps", default=None, help="Override steps per phase, e.g. depth=2048,width=1024.")
+@click.option("--rounds", type=int, default=None, help="Override the number of co-adaptive rounds.")
+def train(spec, config_path, run_dir, resume_dir, timesteps, rounds):
+    """Co-adaptive PPO training of the depth and width policies on SPEC."""
+    from pathlib import Path
+
+    from ltd.train import TrainingRun, load_config
+
+    if resume_dir:
+        click.echo(f"resuming {resume_dir}: its stable-baselines3 checkpoints are loaded (only resume runs you made)",
+                   err=True)
+        run = TrainingRun.resume(resume_dir)
+    else:
+        if not spec:
+            raise LtdError("give a spec file (e.g. envs/tiny-code.yaml) or --resume RUN")
+        overrides: dict = {}
+        if timesteps:
+            try:
+                overrides["timesteps"] = {k: int(v) for k, v in (x.split("=") for x in timesteps.split(","))}
+            except ValueError:
+                raise LtdError(f"bad --timesteps {timesteps!r}: write depth=N,width=M")
+        if rounds is not None:
+            overrides["rounds"] = rounds
+        config = load_config(config_path if Path(config_path).exists() or config_path != "experiments/ppo.yaml"
+                             else None, overrides)
+        run = TrainingRun.create(spec, config, run_dir)
+    state = run.run()
+    best = state["best"] or {}
+    click.echo(f"{run.dir}: best validation {best.get('tokens_per_s')} tokens/s ({best.get('clock')} clock) "
+               f"after phase {best.get('phase')} ({best.get('view')}, round {best.get('round')})")
+
+
 def main() -> None:
     try:
         cli.main(prog_name="ltd")

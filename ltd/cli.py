@@ -243,9 +243,9 @@ def train(spec, config_path, run_dir, resume_dir, timesteps, rounds):
     from ltd.train import TrainingRun, load_config
 
     if resume_dir:
+        run = TrainingRun.resume(resume_dir)
         click.echo(f"resuming {resume_dir}: its stable-baselines3 checkpoints are loaded (only resume runs you made)",
                    err=True)
-        run = TrainingRun.resume(resume_dir)
     else:
         if not spec:
             raise LtdError("give a spec file (e.g. envs/tiny-code.yaml) or --resume RUN")

@@ -80,11 +80,16 @@ def reward_clock(spec: EnvSpec, pair, engine: SpecEngine):
     if spec.clock == "wall":
         return WallClock(engine.device)
     path = spec.cost_model_path
-    if not path.exists():
+    model = CostModel.load(path) if path.exists() else None
+    if model is None or model.pair_fingerprint != pair.fingerprint():
+        import logging
+
         from ltd.clock import profile_pair
 
-        profile_pair(pair).save(path)
-    model = CostModel.load(path)
+        logging.getLogger(__name__).warning("fitting the cost model of %s on this machine (ltd profile): %s",
+                                            pair.name, path)
+        model = profile_pair(pair, top_k=spec.drafting.top_k)
+        model.save(path)
     return CostClock(model)
 
 

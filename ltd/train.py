@@ -60,6 +60,16 @@ class PolicyShape(_Strict):
     activation: Literal["tanh", "relu"] = "tanh"
 
 
+class PerView(_Strict):
+    depth: PPOParams = Field(default_factory=PPOParams)
+    width: PPOParams = Field(default_factory=lambda: PPOParams(n_steps=256))
+
+
+class Timesteps(_Strict):
+    depth: int = Field(4096, ge=1)
+    width: int = Field(2048, ge=1)
+
+
 class TrainConfig(_Strict):
     rounds: int = Field(2, ge=0)
     n_envs: int = Field(1, ge=1)
@@ -67,10 +77,9 @@ class TrainConfig(_Strict):
     validation_prompts: int = Field(8, ge=1)
     validation_max_new_tokens: int = Field(48, ge=1)
     seed: int = 0
-    timesteps: dict[Literal["depth", "width"], int] = Field(default_factory=lambda: {"depth": 4096, "width": 2048})
+    timesteps: Timesteps = Field(default_factory=Timesteps)
     policy: PolicyShape = Field(default_factory=PolicyShape)
-    ppo: dict[Literal["depth", "width"], PPOParams] = Field(
-        default_factory=lambda: {"depth": PPOParams(), "width": PPOParams(n_steps=256)})
+    ppo: PerView = Field(default_factory=PerView)
 
 
 def load_config(path: str | Path | None, overrides: dict | None = None) -> TrainConfig:
@@ -264,7 +273,7 @@ class TrainingRun:
                 features = FeatureView(resolve_feature_set(self.spec.features))
                 partner = self.controller(features, {**policies, view: None})
                 env = self.make_vec_env(view, partner, self.config.seed + 1000 * index)
-                total = self.config.timesteps[view]
+                total = getattr(self.config.timesteps, view)
                 zip_path = self.phase_zip(index, view)
                 if zip_path.exists():  # resuming this phase
                     model = PPO.load(zip_path, env=env, device="cpu")
@@ -310,7 +319,7 @@ class TrainingRun:
         from stable_baselines3 import PPO
 
         previous = [i for i, (_, v) in enumerate(self.state["phases"][:index]) if v == view]
-        params = self.config.ppo[view].model_dump()
+        params = getattr(self.config.ppo, view).model_dump()
         if previous and self.phase_zip(previous[-1], view).exists():
             model = PPO.load(self.phase_zip(previous[-1], view), env=env, device="cpu")
             model.num_timesteps = 0  # a new phase: a fresh schedule over its own timesteps

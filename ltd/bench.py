@@ -5,7 +5,9 @@ Methods (this module grows with the project):
 * ``ar``: plain decoding, the target alone through the same forward path as verification
   (a cycle of depth 0);
 * ``static``: a fixed EAGLE-style tree, the reference defaults scaled to a small CPU pair;
-* ``grid``: the best static (depth, top_k, width) on a validation split, reported on the test split.
+* ``grid``: the best static (depth, top_k, width) on a validation split, reported on the test split;
+* ``partner``: the static partner a training run started from (its spec's ``partner``);
+* ``ltd``: the learned depth and width policies of a training run (its best checkpoint).
 
 Methods run interleaved prompt by prompt (the order rotating), so slow drifts of the machine hit
 all of them alike. Each method's outputs are checked against ``ar``'s: under greedy decoding they
@@ -17,9 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -34,7 +38,7 @@ from ltd.stats import paired_ratio
 log = logging.getLogger(__name__)
 
 DEFAULT_STATIC = StaticController(depth=4, top_k=4, width=12)
-KNOWN_METHODS = ("ar", "static", "grid")
+KNOWN_METHODS = ("ar", "static", "grid", "partner", "ltd")
 
 
 def default_grid(max_depth: int = 6, top_ks: tuple[int, ...] = (1, 2, 4)) -> list[StaticController]:
@@ -172,9 +176,27 @@ def plot(summary: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def run_controllers(run_dir: str | Path) -> tuple[dict[str, Controller], dict]:
+    """The ``partner`` and ``ltd`` controllers of a training run, and the engine options its spec implies."""
+    from ltd.features import FeatureView, resolve_feature_set
+    from ltd.train import VIEWS, TrainingRun, load_policy
+
+    run = TrainingRun.resume(run_dir)
+    s = run.spec
+    best = {v: run.dir / f"best-{v}.safetensors" for v in VIEWS}
+    if not all(p.exists() for p in best.values()):
+        raise ConfigError(f"run {run_dir} has no validated policies yet: let `ltd train` finish a round")
+    features = FeatureView(resolve_feature_set(s.features))
+    policies = {v: load_policy(p) for v, p in best.items()}
+    controllers = {"partner": StaticController(s.partner.depth, s.drafting.top_k, s.partner.width),
+                   "ltd": run.controller(features, policies)}
+    return controllers, {"max_depth": s.drafting.max_depth, "draft_vocab": s.drafting.draft_vocab}
+
+
 def run_bench(pair: Pair, prompts: list[list[int]], methods: list[str], max_new_tokens: int = 64,
               validation: int = 6, static: StaticController = DEFAULT_STATIC, grid: list[StaticController] | None = None,
-              json_out: str | Path | None = None, workload: str = "code", engine_options: dict | None = None) -> dict:
+              json_out: str | Path | None = None, workload: str = "code", engine_options: dict | None = None,
+              extra: dict[str, Controller] | None = None) -> dict:
     """Measure ``methods`` on ``prompts``; the first ``validation`` prompts choose ``grid`` and are not reported."""
     unknown = [m for m in methods if m not in KNOWN_METHODS]
     if unknown:
@@ -188,6 +210,12 @@ def run_bench(pair: Pair, prompts: list[list[int]], methods: list[str], max_new_
     grid_table: list[dict] = []
     if "static" in methods:
         controllers["static"] = static
+    for name, c in (extra or {}).items():
+        if name in methods:
+            controllers[name] = c
+    missing = [m for m in methods if m not in controllers and m != "grid"]
+    if missing:
+        raise ConfigError(f"method(s) {', '.join(missing)} need a training run: pass --run RUN")
     if "grid" in methods:
         best, grid_table = grid_search(engine, grid or default_grid(), val, max_new_tokens)
         controllers["grid"] = best
@@ -220,3 +248,49 @@ def load_workload(pair: Pair, prompts_file: str | Path | None) -> tuple[list[str
 
 def format_summary(summary: dict) -> str:
     return markdown_table(summary) + json.dumps({"hardware": summary.get("hardware")})
+
+
+def env_overhead(spec_path: str | Path, cycles: int = 300) -> dict:
+    """Wall time per cycle of the width environment (features, reward clock, bookkeeping included)
+    against the bare runtime loop, both taking the spec's static partner choices on the same prompts."""
+    from ltd.env import make_env
+    from ltd.runtime import run_cycle
+
+    env = make_env(spec_path, "width")
+    s = env.config
+    partner = StaticController(s.partner.depth, s.drafting.top_k, s.partner.width)
+    action = min(range(len(env.widths)), key=lambda i: abs(env.widths[i] - s.partner.width))
+    controller = StaticController(s.partner.depth, s.drafting.top_k, env.widths[action])
+    engine = SpecEngine(env.pair, max_depth=s.drafting.max_depth, draft_vocab=s.drafting.draft_vocab)
+    prompts = env.prompts
+
+    def bare() -> float:
+        t0, done, i = time.perf_counter(), 0, 0
+        while done < cycles:
+            engine.reset(prompts[i % len(prompts)])
+            i += 1
+            for _ in range(min(s.workload.max_new_tokens // 2, cycles - done)):
+                if engine.room <= 0:
+                    break
+                run_cycle(engine, controller)
+                done += 1
+        return (time.perf_counter() - t0) / cycles
+
+    def stepped() -> float:
+        env.reset(seed=0)
+        t0 = time.perf_counter()
+        for _ in range(cycles):
+            _, _, terminated, _, _ = env.step(action)
+            if terminated:
+                env.reset()
+        return (time.perf_counter() - t0) / cycles
+
+    del partner
+    bare(), stepped()  # warm up both
+    b, e = [], []
+    for _ in range(3):  # alternate to spread drift
+        b.append(bare())
+        e.append(stepped())
+    bare_s, env_s = float(np.median(b)), float(np.median(e))
+    return {"bare_ms_per_cycle": round(bare_s * 1e3, 4), "env_ms_per_cycle": round(env_s * 1e3, 4),
+            "overhead": round(env_s / bare_s - 1, 4), "env_steps_per_s": round(1 / env_s, 1)}

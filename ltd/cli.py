@@ -160,9 +160,10 @@ def generate(pair_spec, prompt, prompts_file, depth, top_k, width, max_new_token
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--draft-vocab", type=int, default=None, help="Draft proposes only the N most frequent tokens.")
 @click.option("--backend", type=click.Choice(["auto", "fast", "hf"]), default="auto", show_default=True)
+@click.option("--run", "run_dir", default=None, help="Training run whose policies are `ltd` (and spec `partner`).")
 @click.option("--json", "json_out", default=None, help="Write the summary here (and .md, .png beside it).")
 def bench(pair_spec, methods, prompts_file, limit, validation, max_new_tokens, static_cfg, device, draft_vocab, backend,
-          json_out):
+          run_dir, json_out):
     """Tokens/s of each method in one run, on held-out prompts, greedy."""
     from ltd.bench import DEFAULT_STATIC, format_summary, load_workload, run_bench
     from ltd.controllers import StaticController
@@ -175,14 +176,19 @@ def bench(pair_spec, methods, prompts_file, limit, validation, max_new_tokens, s
         except ValueError:
             raise LtdError(f"bad --static {static_cfg!r}: write DEPTH,TOP_K,WIDTH, e.g. 4,4,12")
         static = StaticController(d, k, w)
+    extra, engine_options = {}, {"draft_vocab": draft_vocab, "backend": backend}
+    if run_dir:
+        from ltd.bench import run_controllers
+
+        extra, implied = run_controllers(run_dir)
+        engine_options.update({k: v for k, v in implied.items() if engine_options.get(k) is None})
     p = load_pair(pair_spec, device=device)
     texts, workload = load_workload(p, prompts_file)
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     n_val = validation if "grid" in method_list else 0
     prompts = [p.encode(t) for t in texts[: n_val + limit]]
     summary = run_bench(p, prompts, method_list, max_new_tokens=max_new_tokens, validation=n_val, static=static,
-                        json_out=json_out, workload=workload, engine_options={"draft_vocab": draft_vocab,
-                                                                             "backend": backend})
+                        json_out=json_out, workload=workload, engine_options=engine_options, extra=extra)
     click.echo(format_summary(summary))
 
 
@@ -205,6 +211,16 @@ def demo(pair_spec, limit, out):
                         workload=workload)
     click.echo(format_summary(summary))
     click.echo(f"report: {Path(out) / 'bench.md'}, plot: {Path(out) / 'bench.png'}")
+
+
+@cli.command("env-overhead")
+@click.argument("spec")
+@click.option("--cycles", type=int, default=300, show_default=True)
+def env_overhead_cmd(spec, cycles):
+    """Wall time per cycle of the environment against the bare runtime loop (goal: <= 5 %)."""
+    from ltd.bench import env_overhead
+
+    click.echo(json.dumps(env_overhead(spec, cycles)))
 
 
 # ----------------------------------------------------------------------------- RL

@@ -13,7 +13,7 @@ when a definition changes).
 | p_frontier_best | draft probability of the best frontier path                                |
 | p_frontier_mean | mean draft probability of the frontier paths                               |
 | p_step_max      | mean over the last expansion's rows of the draft's top probability         |
-| draft_entropy   | mean entropy of the last expansion's draft distributions / ln(vocab)       |
+| draft_entropy   | mean entropy of the last expansion's top-k draft candidates (the rest of the mass as one more outcome) / ln(top_k + 1) |
 | context         | tokens so far / model context                                              |
 | accept_ema      | moving average (0.3) of accepted drafted tokens per cycle / 8              |
 | accept_last     | last cycle's accepted drafted tokens / 8                                   |
@@ -66,17 +66,16 @@ def observe_all(engine) -> np.ndarray:
         out[0] = min(tree.depth / 16.0, 1.0)
         out[1] = math.log2(1 + len(tree)) / 10.0
         k = min(len(tree), NODE_RANKS[-1])
-        best = torch.topk(tree.scores, k).values.exp().cpu().tolist()
+        # one exp and one copy to Python for all the probabilities
+        probs = torch.cat([torch.topk(tree.scores, k).values, tree.frontier_scores]).exp().tolist()
+        best, frontier = probs[:k], probs[k:]
         for i, r in enumerate(NODE_RANKS):
             out[2 + i] = best[r - 1] if r <= k else 0.0
-        fr = tree.frontier_scores.exp()
-        out[8] = float(fr.max())
-        out[9] = float(fr.mean())
-        logits = tree.last_logits
-        if logits is not None:
-            logp = torch.log_softmax(logits.float().reshape(-1, logits.shape[-1]), dim=-1)
-            out[10] = float(logp.max(-1).values.exp().mean())
-            out[11] = float(-(logp.exp() * logp).sum(-1).mean()) / math.log(logits.shape[-1])
+        out[8] = max(frontier)
+        out[9] = sum(frontier) / len(frontier)
+        p_max, entropy = tree.step_stats()
+        out[10] = p_max
+        out[11] = entropy / math.log(tree.top_k + 1)
         out[17] = min(tree.top_k / 16.0, 1.0)
     out[12] = len(engine.tokens) / engine.max_context
     h = engine.history

@@ -11,6 +11,7 @@ The Python API:
 from ltd.controllers import StaticController
 from ltd.engine import CycleResult, SpecEngine
 from ltd.errors import ConfigError, LtdError, PairError, PromptError
+from ltd.export import Bundle, BundleError, load_bundle
 from ltd.pair import Pair, load_pair
 from ltd.runtime import Generation, generate, run_cycle
 
@@ -21,6 +22,6 @@ from ltd.env import register_envs  # noqa: E402  (registers ltd/<spec>-<view>-v0
 register_envs()
 
 __all__ = [
-    "ConfigError", "CycleResult", "Generation", "LtdError", "Pair", "PairError", "PromptError", "SpecEngine",
+    "Bundle", "BundleError", "ConfigError", "CycleResult", "load_bundle", "Generation", "LtdError", "Pair", "PairError", "PromptError", "SpecEngine",
     "StaticController", "generate", "load_pair", "run_cycle",
 ]

@@ -117,9 +117,11 @@ def _static_options(f):
 @click.option("--draft-vocab", type=int, default=None, help="Draft proposes only the N most frequent tokens.")
 @click.option("--backend", type=click.Choice(["auto", "fast", "hf"]), default="auto", show_default=True,
               help="Forward path: plain-torch fast path, transformers, or fast where it checks out.")
+@click.option("--policy", "policy_dir", default=None, help="A policy bundle (ltd export): learned depth and width.")
+@click.option("--force-policy", is_flag=True, help="Use a bundle made for another pair.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per prompt.")
 def generate(pair_spec, prompt, prompts_file, depth, top_k, width, max_new_tokens, temperature, seed, device,
-             draft_vocab, backend, as_json):
+             draft_vocab, backend, policy_dir, force_policy, as_json):
     """Generate with speculative decoding (the text is the target's own)."""
     from ltd.controllers import StaticController
     from ltd.engine import SpecEngine
@@ -131,9 +133,17 @@ def generate(pair_spec, prompt, prompts_file, depth, top_k, width, max_new_token
     if prompt is not None and not prompt:
         raise LtdError("empty --prompt: give some text to continue")
     prompts = [prompt] if prompt is not None else read_prompts(prompts_file)
-    controller = StaticController(depth=depth, top_k=top_k, width=width)
     p = load_pair(pair_spec, device=device)
-    engine = SpecEngine(p, temperature=temperature, seed=seed, draft_vocab=draft_vocab, backend=backend)
+    options = {"draft_vocab": draft_vocab}
+    if policy_dir:
+        from ltd.export import load_bundle
+
+        bundle = load_bundle(policy_dir, p, force=force_policy)
+        controller = bundle.controller()
+        options = {k: v if options.get(k) is None else options[k] for k, v in bundle.engine_options().items()}
+    else:
+        controller = StaticController(depth=depth, top_k=top_k, width=width)
+    engine = SpecEngine(p, temperature=temperature, seed=seed, backend=backend, **options)
     for text in prompts:
         g = generate_ids(engine, p.encode(text), controller, max_new_tokens=max_new_tokens)
         if as_json:
@@ -161,9 +171,10 @@ def generate(pair_spec, prompt, prompts_file, depth, top_k, width, max_new_token
 @click.option("--draft-vocab", type=int, default=None, help="Draft proposes only the N most frequent tokens.")
 @click.option("--backend", type=click.Choice(["auto", "fast", "hf"]), default="auto", show_default=True)
 @click.option("--run", "run_dir", default=None, help="Training run whose policies are `ltd` (and spec `partner`).")
+@click.option("--policy", "policy_dir", default=None, help="Policy bundle that is `ltd` (its static partner: `partner`).")
 @click.option("--json", "json_out", default=None, help="Write the summary here (and .md, .png beside it).")
 def bench(pair_spec, methods, prompts_file, limit, validation, max_new_tokens, static_cfg, device, draft_vocab, backend,
-          run_dir, json_out):
+          run_dir, policy_dir, json_out):
     """Tokens/s of each method in one run, on held-out prompts, greedy."""
     from ltd.bench import DEFAULT_STATIC, format_summary, load_workload, run_bench
     from ltd.controllers import StaticController
@@ -177,12 +188,19 @@ def bench(pair_spec, methods, prompts_file, limit, validation, max_new_tokens, s
             raise LtdError(f"bad --static {static_cfg!r}: write DEPTH,TOP_K,WIDTH, e.g. 4,4,12")
         static = StaticController(d, k, w)
     extra, engine_options = {}, {"draft_vocab": draft_vocab, "backend": backend}
+    p = load_pair(pair_spec, device=device)
+    implied: dict = {}
     if run_dir:
         from ltd.bench import run_controllers
 
         extra, implied = run_controllers(run_dir)
-        engine_options.update({k: v for k, v in implied.items() if engine_options.get(k) is None})
-    p = load_pair(pair_spec, device=device)
+    elif policy_dir:
+        from ltd.export import load_bundle
+
+        bundle = load_bundle(policy_dir, p)
+        extra = {"ltd": bundle.controller(), "partner": StaticController(**bundle.manifest["partner"])}
+        implied = bundle.engine_options()
+    engine_options.update({k: v for k, v in implied.items() if engine_options.get(k) is None})
     texts, workload = load_workload(p, prompts_file)
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     n_val = validation if "grid" in method_list else 0
@@ -280,6 +298,17 @@ def train(spec, config_path, run_dir, resume_dir, timesteps, rounds):
     best = state["best"] or {}
     click.echo(f"{run.dir}: best validation {best.get('tokens_per_s')} tokens/s ({best.get('clock')} clock) "
                f"after phase {best.get('phase')} ({best.get('view')}, round {best.get('round')})")
+
+
+@cli.command("export")
+@click.argument("run_dir")
+@click.option("-o", "--out", required=True, help="Bundle folder, e.g. policies/tiny-code.")
+def export_cmd(run_dir, out):
+    """Export a training run's best policies as a bundle (safetensors + JSON) for the runtime."""
+    from ltd.export import export_run
+
+    path = export_run(run_dir, out)
+    click.echo(f"{path}: manifest.json, weights.safetensors, README.md")
 
 
 def main() -> None:

@@ -299,7 +299,9 @@ class TrainingRun:
                 figures = self.validate()
                 figures.update(round=rnd, view=view, phase=index, env_steps_per_s=round(sps, 1))
                 self.state["validation"].append(figures)
-                if self.state["best"] is None or figures["tokens_per_s"] > self.state["best"]["tokens_per_s"]:
+                complete = all(self.policy_path(v).exists() for v in VIEWS)  # both views trained at least once
+                if complete and (self.state["best"] is None
+                                 or figures["tokens_per_s"] > self.state["best"]["tokens_per_s"]):
                     self.state["best"] = figures
                     for v in VIEWS:
                         if self.policy_path(v).exists():

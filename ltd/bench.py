@@ -86,6 +86,9 @@ def measure(engine: SpecEngine, controllers: dict[str, Controller], prompts: lis
     if warmup:
         for name in names:
             generate_ids(engine, prompts[0], controllers[name], max_new_tokens=min(16, max_new_tokens))
+    for c in controllers.values():  # count policy decision time over the measured runs only
+        if hasattr(c, "decision_seconds"):
+            c.decision_seconds, c.decisions = 0.0, 0
     runs: dict[str, list[Generation]] = {n: [] for n in names}
     bar = tqdm(total=len(prompts) * len(names), desc=desc, unit="run", leave=False, mininterval=2.0)
     for i, ids in enumerate(prompts):
@@ -144,13 +147,15 @@ def summarize(results: dict[str, MethodResult], baseline: str = "ar") -> dict:
 
 
 def markdown_table(summary: dict) -> str:
-    rows = ["| method | config | tokens/s | speedup vs ar | per-prompt ratio (95% CI) | tokens/cycle | draft / verify share | same text as ar |",
+    rows = ["| method | config | tokens/s | speedup vs ar | per-prompt ratio (95% CI) | tokens/cycle | "
+            "draft / verify / decision share | same text as ar |",
             "|---|---|---:|---:|---|---:|---|---|"]
     for name, m in summary["methods"].items():
         pr = m.get("speedup_per_prompt", {})
         ci = f"{pr.get('ratio', float('nan')):.3f} [{pr.get('lo', float('nan')):.3f}, {pr.get('hi', float('nan')):.3f}]"
         rows.append(f"| {name} | {m['config']} | {m['tokens_per_s']:.1f} | {m.get('speedup', float('nan')):.3f} | {ci} | "
-                    f"{m['mean_accepted']:.2f} | {m['draft_share']:.2f} / {m['verify_share']:.2f} | "
+                    f"{m['mean_accepted']:.2f} | {m['draft_share']:.2f} / {m['verify_share']:.2f} / "
+                    f"{m.get('decision_share', 0.0):.3f} | "
                     f"{'yes' if m.get('identical_to_ar', True) else 'NO'} |")
     return "\n".join(rows) + "\n"
 
@@ -223,6 +228,10 @@ def run_bench(pair: Pair, prompts: list[list[int]], methods: list[str], max_new_
     results = {name: MethodResult(name, getattr(c, "label", name), runs[name]) for name, c in controllers.items()
                if name in methods or name == "ar"}
     summary = summarize(results)
+    for name, c in controllers.items():
+        if hasattr(c, "decision_seconds") and name in summary["methods"]:
+            summary["methods"][name]["decision_share"] = round(c.decision_seconds / max(1e-9, results[name].seconds), 4)
+            summary["methods"][name]["decision_us"] = round(1e6 * c.decision_seconds / max(1, c.decisions), 1)
     summary.update(pair=pair.name, fingerprint=pair.fingerprint(), workload=workload, prompts=len(test),
                    validation_prompts=len(val), max_new_tokens=max_new_tokens, hardware=hardware(),
                    engine={"backend": engine.target.kind, "draft_vocab": engine_options.get("draft_vocab")},

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import itertools
+
 import torch
 
 from ltd.clock import WallClock
@@ -29,6 +31,9 @@ from ltd.errors import ConfigError, PromptError
 from ltd.pair import Pair
 from ltd.runners import make_runner
 from ltd.tree import DraftTree
+
+
+_CYCLE_IDS = itertools.count()  # unique across engines: lets decision code cache per cycle state
 
 
 @dataclass
@@ -92,6 +97,7 @@ class SpecEngine:
             self.draft.restrict_vocab(self.draft_vocab)
         self.tokens: list[int] = []
         self.tree: DraftTree | None = None
+        self.cycle_id = -1
         self.history = History()
 
     # ------------------------------------------------------------------ sequence
@@ -127,6 +133,7 @@ class SpecEngine:
         if top_k < 1:
             raise ValueError("top_k must be >= 1")
         self.tree = DraftTree(top_k, self.device, self.draft_vocab)
+        self.cycle_id = next(_CYCLE_IDS)
         self.cycle_draft_seconds = 0.0
         self.cycle_draft_inputs: list[int] = []
 

@@ -59,31 +59,24 @@ def resolve_feature_set(names: str | list[str] | tuple[str, ...]) -> tuple[str, 
 
 
 def observe_all(engine) -> np.ndarray:
-    """All features, in ``FEATURE_NAMES`` order."""
+    """All features, in ``FEATURE_NAMES`` order (one copy from torch to Python per call)."""
     tree = engine.tree
-    out = np.zeros(len(FEATURE_NAMES), dtype=np.float32)
     if tree is not None and len(tree):
-        out[0] = min(tree.depth / 16.0, 1.0)
-        out[1] = math.log2(1 + len(tree)) / 10.0
-        k = min(len(tree), NODE_RANKS[-1])
-        # one exp and one copy to Python for all the probabilities
+        n = len(tree)
+        k = min(n, NODE_RANKS[-1])
         probs = torch.cat([torch.topk(tree.scores, k).values, tree.frontier_scores]).exp().tolist()
         best, frontier = probs[:k], probs[k:]
-        for i, r in enumerate(NODE_RANKS):
-            out[2 + i] = best[r - 1] if r <= k else 0.0
-        out[8] = max(frontier)
-        out[9] = sum(frontier) / len(frontier)
         p_max, entropy = tree.step_stats()
-        out[10] = p_max
-        out[11] = entropy / math.log(tree.top_k + 1)
-        out[17] = min(tree.top_k / 16.0, 1.0)
-    out[12] = len(engine.tokens) / engine.max_context
+        head = [min(tree.depth / 16.0, 1.0), math.log2(1 + n) / 10.0,
+                *(best[r - 1] if r <= k else 0.0 for r in NODE_RANKS),
+                max(frontier), sum(frontier) / len(frontier), p_max, entropy / math.log(tree.top_k + 1)]
+        top_k = min(tree.top_k / 16.0, 1.0)
+    else:
+        head, top_k = [0.0] * 12, 0.0
     h = engine.history
-    out[13] = min(h.accept_ema / 8.0, 1.0)
-    out[14] = min(h.accept_last / 8.0, 1.0)
-    out[15] = min(h.depth_last / 16.0, 1.0)
-    out[16] = math.log2(1 + h.width_last) / 6.0
-    return out
+    tail = [len(engine.tokens) / engine.max_context, min(h.accept_ema / 8.0, 1.0), min(h.accept_last / 8.0, 1.0),
+            min(h.depth_last / 16.0, 1.0), math.log2(1 + h.width_last) / 6.0, top_k]
+    return np.array(head + tail, dtype=np.float32)
 
 
 class FeatureView:

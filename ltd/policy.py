@@ -8,6 +8,8 @@ and a width policy behind the controller interface, reading the same features as
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -35,6 +37,7 @@ class MLPPolicy(torch.nn.Module):
             self.layers.append(layer)
         self.activation = activation
         self._act = ACTIVATIONS[activation]
+        self._np: list[tuple[np.ndarray, np.ndarray]] | None = None
         self.requires_grad_(False)
 
     @property
@@ -52,9 +55,20 @@ class MLPPolicy(torch.nn.Module):
         return self.layers[-1](x)
 
     def act(self, obs: np.ndarray) -> int:
-        """Deterministic action for one observation."""
-        with torch.no_grad():
-            return int(self.forward(torch.from_numpy(np.asarray(obs, dtype=np.float32))).argmax())
+        """Deterministic action for one observation (argmax of the logits).
+
+        Runs in NumPy float32 with the same weights: a decision costs microseconds, where a torch
+        module call costs tens of them.
+        """
+        if self._np is None:
+            self._np = [(lay.weight.numpy().T.copy(), lay.bias.numpy().copy()) for lay in self.layers]
+        x = np.asarray(obs, dtype=np.float32)
+        last = len(self._np) - 1
+        for i, (w, b) in enumerate(self._np):
+            x = x @ w + b
+            if i < last:
+                x = np.tanh(x) if self.activation == "tanh" else np.maximum(x, 0.0)
+        return int(np.argmax(x))
 
     def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         out = {}
@@ -75,6 +89,18 @@ class PolicyController:
         self.depth_policy = depth_policy
         self.width_policy = width_policy
         self.static = static or StaticController(3, top_k, 8)
+        self.decision_seconds = 0.0  # time spent deciding (features + networks), for overhead reports
+        self.decisions = 0
+        self._cache_key: tuple | None = None
+        self._cache_obs: np.ndarray | None = None
+
+    def observe(self, engine) -> np.ndarray:
+        """Features of the engine's state; the width decision reuses the last depth decision's."""
+        tree = engine.tree
+        key = (engine.cycle_id, tree.depth if tree is not None else -1)
+        if key != self._cache_key:
+            self._cache_key, self._cache_obs = key, np.clip(self.features(engine), 0.0, 1.0)
+        return self._cache_obs
 
     def choose_top_k(self, engine) -> int:
         return self.top_k
@@ -82,12 +108,20 @@ class PolicyController:
     def should_expand(self, engine) -> bool:
         if self.depth_policy is None:
             return self.static.should_expand(engine)
-        return self.depth_policy.act(np.clip(self.features(engine), 0.0, 1.0)) == 1
+        t0 = time.perf_counter()
+        go = self.depth_policy.act(self.observe(engine)) == 1
+        self.decision_seconds += time.perf_counter() - t0
+        self.decisions += 1
+        return go
 
     def choose_width(self, engine) -> int:
         if self.width_policy is None:
             return self.static.choose_width(engine)
-        return self.widths[self.width_policy.act(np.clip(self.features(engine), 0.0, 1.0))]
+        t0 = time.perf_counter()
+        width = self.widths[self.width_policy.act(self.observe(engine))]
+        self.decision_seconds += time.perf_counter() - t0
+        self.decisions += 1
+        return width
 
     @property
     def label(self) -> str:

@@ -255,6 +255,18 @@ def load_workload(pair: Pair, prompts_file: str | Path | None) -> tuple[list[str
     return read_prompts(default), "code (held-out)"
 
 
+def bench_split(texts: list[str], validation: int, limit: int) -> tuple[list[str], list[str]]:
+    """(validation, test) prompts, using the project-wide split where the file is long enough
+    (test: the first 40, validation: the next 20, as for training), else the first ``validation``
+    prompts for validation and the next ``limit`` for test."""
+    from ltd.spec import SPLITS
+
+    lo, hi = SPLITS["validation"]
+    if len(texts) >= hi and validation <= hi - lo and limit <= SPLITS["test"][1]:
+        return texts[lo:lo + validation], texts[:limit]
+    return texts[:validation], texts[validation:validation + limit]
+
+
 def format_summary(summary: dict) -> str:
     return markdown_table(summary) + json.dumps({"hardware": summary.get("hardware")})
 

@@ -163,7 +163,7 @@ def generate(pair_spec, prompt, prompts_file, depth, top_k, width, max_new_token
 @click.option("--pair", "pair_spec", default="tiny", show_default=True)
 @click.option("--methods", default="ar,static,grid", show_default=True)
 @click.option("--prompts", "prompts_file", default=None, help="JSON-lines prompts (default: the pair's held-out code).")
-@click.option("--limit", type=int, default=30, show_default=True, help="Test prompts (after the validation ones).")
+@click.option("--limit", type=int, default=30, show_default=True, help="Test prompts.")
 @click.option("--validation", type=int, default=6, show_default=True, help="Prompts that choose the grid config.")
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--static", "static_cfg", default=None, help="Static tree as DEPTH,TOP_K,WIDTH.")
@@ -203,42 +203,28 @@ def bench(pair_spec, methods, prompts_file, limit, validation, max_new_tokens, s
     engine_options.update({k: v for k, v in implied.items() if engine_options.get(k) is None})
     texts, workload = load_workload(p, prompts_file)
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
-    n_val = validation if "grid" in method_list else 0
-    prompts = [p.encode(t) for t in texts[: n_val + limit]]
+    from ltd.bench import bench_split
+
+    val_texts, test_texts = bench_split(texts, validation if "grid" in method_list else 0, limit)
+    n_val = len(val_texts)
+    prompts = [p.encode(t) for t in val_texts + test_texts]
     summary = run_bench(p, prompts, method_list, max_new_tokens=max_new_tokens, validation=n_val, static=static,
                         json_out=json_out, workload=workload, engine_options=engine_options, extra=extra)
     click.echo(format_summary(summary))
 
 
 @cli.command()
-@click.option("--pair", "pair_spec", default="tiny", show_default=True)
-@click.option("--limit", type=int, default=20, show_default=True)
-@click.option("--out", default="runs/demo", show_default=True, help="Folder for the report.")
-def demo(pair_spec, limit, out):
-    """The main job: build the default pair, then plain vs static vs best static on held-out prompts."""
+@click.option("--quick", is_flag=True, help="The 5-minute variant: fewer training steps and test prompts.")
+@click.option("--spec", default=None, help="Environment spec (default: envs/tiny-code.yaml).")
+@click.option("--out", default="runs/demo", show_default=True, help="Folder for the run, the bundle and the report.")
+def demo(quick, spec, out):
+    """The main job: pair, co-adaptive training, export, and a benchmark against plain and static trees."""
     from pathlib import Path
 
-    from ltd.bench import format_summary, load_workload, run_bench
-    from ltd.pair import load_pair
+    from ltd.demo import run_demo
 
-    p = load_pair(pair_spec)
-    texts, workload = load_workload(p, None)
-    prompts = [p.encode(t) for t in texts[: 6 + limit]]
-    Path(out).mkdir(parents=True, exist_ok=True)
-    summary = run_bench(p, prompts, ["ar", "static", "grid"], validation=6, json_out=Path(out) / "bench.json",
-                        workload=workload)
-    click.echo(format_summary(summary))
-    click.echo(f"report: {Path(out) / 'bench.md'}, plot: {Path(out) / 'bench.png'}")
-
-
-@cli.command("env-overhead")
-@click.argument("spec")
-@click.option("--cycles", type=int, default=300, show_default=True)
-def env_overhead_cmd(spec, cycles):
-    """Wall time per cycle of the environment against the bare runtime loop (goal: <= 5 %)."""
-    from ltd.bench import env_overhead
-
-    click.echo(json.dumps(env_overhead(spec, cycles)))
+    summary_path = run_demo(Path(out), quick=quick, spec=spec)
+    click.echo(f"report: {summary_path.with_suffix('.md')}, plot: {summary_path.with_suffix('.png')}")
 
 
 # ----------------------------------------------------------------------------- RL

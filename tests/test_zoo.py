@@ -93,3 +93,26 @@ def test_more_steps_continue_a_build_other_changes_restart(tmp_path):
     changed = dict(longer, seq_len=64)
     assert _reconcile_build(tmp_path, changed) == []
     assert not (tmp_path / "target.ckpt").exists()
+
+
+def test_the_shipped_default_pair_installs_and_is_lossless(ltd_home):
+    from ltd.zoo import SHIPPED_DIR, install_shipped
+
+    if not (SHIPPED_DIR / "tiny" / "pair.json").exists():
+        pytest.skip("no shipped tiny pair in this checkout")
+    from ltd.controllers import StaticController
+    from ltd.engine import SpecEngine
+    from ltd.pair import load_pair
+    from ltd.runtime import generate_ids
+
+    root = install_shipped("tiny")
+    meta = json.loads((root / "pair.json").read_text())
+    assert meta["shipped_dtype"] == "float16"
+    pair = load_pair("tiny")
+    prompts = [json.loads(line)["prompt"] for line in (root / "prompts_heldout.jsonl").read_text().splitlines()[:3]]
+    engine = SpecEngine(pair)
+    for text in prompts:
+        ids = pair.encode(text)
+        ref = pair.target.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False,
+                                   pad_token_id=pair.tokenizer.pad_token_id)[0, len(ids):].tolist()
+        assert generate_ids(engine, ids, StaticController(3, 4, 8), max_new_tokens=24).output_ids == ref

@@ -103,8 +103,23 @@ def generate(pair: Pair | str, prompt: str | list[int], controller: Controller |
     return generate_ids(engine, prompt_ids, controller, max_new_tokens=max_new_tokens)
 
 
+SPEC_BENCH = Path(__file__).resolve().parent / "assets" / "data" / "spec_bench" / "question.jsonl"
+
+
+def read_spec_bench(category: str | None = None) -> list[str]:
+    """First turns of the vendored Spec-Bench questions, optionally of one category."""
+    rows = [json.loads(line) for line in SPEC_BENCH.read_text().splitlines() if line.strip()]
+    cats = sorted({r["category"] for r in rows})
+    if category is not None and category not in cats:
+        raise PromptError(f"unknown Spec-Bench category {category!r}: choose one of {', '.join(cats)}")
+    return [r["turns"][0] for r in rows if category is None or r["category"] == category]
+
+
 def read_prompts(path: str | Path) -> list[str]:
-    """Prompts from a JSON-lines file: ``{"prompt": ...}`` or Spec-Bench's ``{"turns": [...]}``."""
+    """Prompts from a JSON-lines file (``{"prompt": ...}`` or Spec-Bench's ``{"turns": [...]}``),
+    or ``specbench`` / ``specbench:CATEGORY`` for the vendored Spec-Bench questions."""
+    if isinstance(path, str) and (path == "specbench" or path.startswith("specbench:")):
+        return read_spec_bench(path.partition(":")[2] or None)
     path = Path(path)
     if not path.exists():
         raise PromptError(f"prompt file {path} does not exist: give a JSON-lines file with one {{\"prompt\": ...}} per line")

@@ -139,3 +139,14 @@ def test_pair_from_yaml(ltd_home, micro_dir, tmp_path):
     assert len(json.loads(proc.stdout)["output_ids"]) == 4
     spec.write_text("target: mine/target\ndraft: mine/draft\ncolour: red\n")
     assert_one_line_error(run_ltd("generate", "--pair", str(spec), "--prompt", "x"), "unknown key 'colour'")
+
+
+def test_spec_bench_is_vendored_and_selectable():
+    from ltd.errors import PromptError
+    from ltd.runtime import read_prompts
+
+    assert len(read_prompts("specbench")) == 480
+    assert len(read_prompts("specbench:qa")) == 80
+    assert len(read_prompts("specbench:coding")) == 10
+    with pytest.raises(PromptError, match="unknown Spec-Bench category"):
+        read_prompts("specbench:poetry")

@@ -606,6 +606,17 @@ def ship_pair(preset: str) -> Path:
         AutoTokenizer.from_pretrained(src / part).save_pretrained(dst / part)
     shutil.copy(src / "prompts_heldout.jsonl", dst / "prompts_heldout.jsonl")
     meta = json.loads((src / "pair.json").read_text())
+    recipe = recipe_for(preset)
+    docs = load_documents()
+    train_docs, heldout_docs = split_documents(docs)
+    tokenizer = AutoTokenizer.from_pretrained(dst / "target")
+    if "token_ranking" not in meta:  # pairs built before the ranking was recorded
+        meta["token_ranking"] = token_ranking(encode_documents(tokenizer, train_docs), len(tokenizer))
+    # the figures of the weights as shipped (fp16, loaded back as fp32)
+    target = AutoModelForCausalLM.from_pretrained(dst / "target", dtype=torch.float32).eval()
+    draft = AutoModelForCausalLM.from_pretrained(dst / "draft", dtype=torch.float32).eval()
+    meta["quality_shipped"] = evaluate_pair(target, draft, tokenizer, heldout_docs, recipe)
+    meta.setdefault("step_extensions", [])
     meta["shipped_hashes"] = weight_hashes(dst)
     meta["shipped_dtype"] = "float16"
     atomic_write_json(dst / "pair.json", meta)

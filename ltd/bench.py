@@ -143,6 +143,13 @@ def summarize(results: dict[str, MethodResult], baseline: str = "ar") -> dict:
             entry["speedup_per_prompt"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in pr.items()}
             entry["identical_to_ar"] = all(g.output_ids == b.output_ids for g, b in zip(r.runs, base.runs))
         out["methods"][name] = entry
+    for ref in ("grid", "partner"):  # paired per-prompt ratios against the references that matter
+        if ref in results:
+            for name, r in results.items():
+                if name != ref:
+                    pr = paired_ratio([g.tokens_per_s for g in r.runs], [g.tokens_per_s for g in results[ref].runs])
+                    out["methods"][name][f"vs_{ref}"] = {k: (round(v, 4) if isinstance(v, float) else v)
+                                                         for k, v in pr.items()}
     return out
 
 
@@ -268,7 +275,14 @@ def bench_split(texts: list[str], validation: int, limit: int) -> tuple[list[str
 
 
 def format_summary(summary: dict) -> str:
-    return markdown_table(summary) + json.dumps({"hardware": summary.get("hardware")})
+    lines = [markdown_table(summary)]
+    for name, m in summary["methods"].items():
+        for ref in ("partner", "grid"):
+            pr = m.get(f"vs_{ref}")
+            if pr and pr.get("n", 0) > 1:
+                lines.append(f"{name} / {ref}: {pr['ratio']:.3f} [{pr['lo']:.3f}, {pr['hi']:.3f}] (per-prompt, 95% CI)")
+    lines.append(json.dumps({"hardware": summary.get("hardware")}))
+    return "\n".join(lines)
 
 
 def env_overhead(spec_path: str | Path, cycles: int = 300) -> dict:

@@ -59,17 +59,26 @@ def resolve_feature_set(names: str | list[str] | tuple[str, ...]) -> tuple[str, 
 
 
 def observe_all(engine) -> np.ndarray:
-    """All features, in ``FEATURE_NAMES`` order (one copy from torch to Python per call)."""
+    """All features, in ``FEATURE_NAMES`` order.
+
+    The tree's numbers are small: they are copied to NumPy once (zero-copy on a CPU) and the rest
+    is NumPy arithmetic, since each small torch op costs microseconds of dispatch.
+    """
     tree = engine.tree
     if tree is not None and len(tree):
-        n = len(tree)
+        scores = tree.scores.detach().cpu().numpy()
+        n = scores.shape[0]
         k = min(n, NODE_RANKS[-1])
-        probs = torch.cat([torch.topk(tree.scores, k).values, tree.frontier_scores]).exp().tolist()
-        best, frontier = probs[:k], probs[k:]
-        p_max, entropy = tree.step_stats()
+        best = np.exp(-np.sort(-scores)[:k]) if n > k else np.exp(-np.sort(-scores))
+        frontier = np.exp(scores[tree.frontier.cpu().numpy()])
+        logp = tree._last_logp.detach().cpu().numpy().reshape(-1, tree._last_logp.shape[-1])
+        p = np.exp(logp)
+        rest = np.maximum(1.0 - p.sum(-1), 1e-12)
+        entropy = float((-(p * logp).sum(-1) - rest * np.log(rest)).mean())
         head = [min(tree.depth / 16.0, 1.0), math.log2(1 + n) / 10.0,
-                *(best[r - 1] if r <= k else 0.0 for r in NODE_RANKS),
-                max(frontier), sum(frontier) / len(frontier), p_max, entropy / math.log(tree.top_k + 1)]
+                *(float(best[r - 1]) if r <= k else 0.0 for r in NODE_RANKS),
+                float(frontier.max()), float(frontier.mean()), float(p[:, 0].mean()),
+                entropy / math.log(tree.top_k + 1)]
         top_k = min(tree.top_k / 16.0, 1.0)
     else:
         head, top_k = [0.0] * 12, 0.0

@@ -227,6 +227,16 @@ def demo(quick, spec, out):
     click.echo(f"report: {summary_path.with_suffix('.md')}, plot: {summary_path.with_suffix('.png')}")
 
 
+@cli.command("env-overhead")
+@click.argument("spec")
+@click.option("--cycles", type=int, default=300, show_default=True)
+def env_overhead_cmd(spec, cycles):
+    """Wall time per cycle of the width environment against the bare runtime loop (goal: <= 5 %)."""
+    from ltd.bench import env_overhead
+
+    click.echo(json.dumps(env_overhead(spec, cycles)))
+
+
 # ----------------------------------------------------------------------------- RL
 
 

@@ -150,3 +150,10 @@ def test_spec_bench_is_vendored_and_selectable():
     assert len(read_prompts("specbench:coding")) == 10
     with pytest.raises(PromptError, match="unknown Spec-Bench category"):
         read_prompts("specbench:poetry")
+
+
+def test_every_documented_command_exists():
+    from ltd.cli import cli
+
+    for name in ("pair", "generate", "bench", "demo", "profile", "train", "export", "env-overhead"):
+        assert name in cli.commands, name

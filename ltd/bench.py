@@ -241,7 +241,8 @@ def run_bench(pair: Pair, prompts: list[list[int]], methods: list[str], max_new_
             summary["methods"][name]["decision_us"] = round(1e6 * c.decision_seconds / max(1, c.decisions), 1)
     summary.update(pair=pair.name, fingerprint=pair.fingerprint(), workload=workload, prompts=len(test),
                    validation_prompts=len(val), max_new_tokens=max_new_tokens, hardware=hardware(),
-                   engine={"backend": engine.target.kind, "draft_vocab": engine_options.get("draft_vocab")},
+                   engine={"backend": engine.target.kind, "draft_vocab": engine.draft_vocab_size,
+                           "max_depth": engine.max_depth},
                    grid=grid_table)
     if json_out:
         json_out = Path(json_out)

@@ -114,7 +114,7 @@ def _static_options(f):
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0: greedy.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--draft-vocab", type=int, default=None, help="Draft proposes only the N most frequent tokens.")
+@click.option("--draft-vocab", type=int, default=None, help="Draft proposes only the N most frequent tokens (0: all; default: the pair's setting).")
 @click.option("--backend", type=click.Choice(["auto", "fast", "hf"]), default="auto", show_default=True,
               help="Forward path: plain-torch fast path, transformers, or fast where it checks out.")
 @click.option("--policy", "policy_dir", default=None, help="A policy bundle (ltd export): learned depth and width.")
@@ -168,7 +168,7 @@ def generate(pair_spec, prompt, prompts_file, depth, top_k, width, max_new_token
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--static", "static_cfg", default=None, help="Static tree as DEPTH,TOP_K,WIDTH.")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--draft-vocab", type=int, default=None, help="Draft proposes only the N most frequent tokens.")
+@click.option("--draft-vocab", type=int, default=None, help="Draft proposes only the N most frequent tokens (0: all; default: the pair's setting).")
 @click.option("--backend", type=click.Choice(["auto", "fast", "hf"]), default="auto", show_default=True)
 @click.option("--run", "run_dir", default=None, help="Training run whose policies are `ltd` (and spec `partner`).")
 @click.option("--policy", "policy_dir", default=None, help="Policy bundle that is `ltd` (its static partner: `partner`).")
@@ -252,7 +252,8 @@ def profile(spec, out):
     from ltd.spec import load_spec
 
     s = load_spec(spec)
-    model = profile_pair(load_pair(s.pair_spec, device=s.device), top_k=s.drafting.top_k)
+    model = profile_pair(load_pair(s.pair_spec, device=s.device), top_k=s.drafting.top_k,
+                         draft_vocab=s.drafting.draft_vocab)
     path = Path(out) if out else s.cost_model_path
     model.save(path)
     click.echo(f"{path}: draft {model.draft}, verify {model.verify}, overhead {model.overhead:.6f} s "

@@ -63,6 +63,7 @@ class CostModel:
     verify: list[float]
     overhead: float
     expand_overhead: float = 0.0
+    draft_vocab: int = 0  # the draft output columns the model was fitted with (0: full vocabulary)
     pair_fingerprint: str = ""
     hardware: dict = field(default_factory=dict)
     fit_error: dict = field(default_factory=dict)
@@ -129,7 +130,7 @@ def _median_time(fn, reps: int, clock: WallClock) -> float:
 
 
 @torch.inference_mode()
-def profile_pair(pair, top_k: int = 4, reps: int = 7, contexts: tuple[int, ...] = (32, 96, 160),
+def profile_pair(pair, top_k: int = 4, draft_vocab: int | None = None, reps: int = 7, contexts: tuple[int, ...] = (32, 96, 160),
                  verify_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32), draft_sizes: tuple[int, ...] = (1, 2, 4, 8)) -> CostModel:
     """Time the pair's own forwards on this machine and fit the cost model by least squares."""
     from ltd.bench import hardware
@@ -137,7 +138,7 @@ def profile_pair(pair, top_k: int = 4, reps: int = 7, contexts: tuple[int, ...] 
     from ltd.engine import SpecEngine
     from ltd.runtime import run_cycle
 
-    engine = SpecEngine(pair)
+    engine = SpecEngine(pair, draft_vocab=draft_vocab)
     clock = engine.clock
     dev = engine.device
     contexts = tuple(c for c in contexts if c + max(verify_sizes) + 2 < engine.max_context) or (8,)
@@ -167,7 +168,7 @@ def profile_pair(pair, top_k: int = 4, reps: int = 7, contexts: tuple[int, ...] 
     coef_d, *_ = np.linalg.lstsq(np.array(rows_d), np.array(ys_d), rcond=None)
     coef_v, *_ = np.linalg.lstsq(np.array(rows_v), np.array(ys_v), rcond=None)
     model = CostModel(draft=[float(x) for x in coef_d], verify=[float(x) for x in coef_v], overhead=0.0,
-                      pair_fingerprint=pair.fingerprint(), hardware=hardware())
+                      draft_vocab=engine.draft_vocab_size, pair_fingerprint=pair.fingerprint(), hardware=hardware())
 
     # bookkeeping: what real cycles cost beyond the modelled forwards
     prompt = torch.randint(0, vocab, (contexts[0],), generator=gen).tolist()

@@ -73,6 +73,11 @@ class History:
 class SpecEngine:
     """Tree speculative decoding over one :class:`~ltd.pair.Pair`, batch size one."""
 
+    @property
+    def draft_vocab_size(self) -> int:
+        """Columns of the draft's output layer in use (0: the full vocabulary)."""
+        return 0 if self.draft_vocab is None else int(self.draft_vocab.numel())
+
     def __init__(self, pair: Pair, temperature: float = 0.0, seed: int | None = None, clock=None,
                  max_depth: int = 16, backend: str = "auto", draft_vocab: int | None = None):
         if temperature < 0:
@@ -89,6 +94,8 @@ class SpecEngine:
         self.target = make_runner(pair.target, self.max_context + 1024, backend)
         self.draft = make_runner(pair.draft, self.max_context + 1024, backend)
         self.draft_vocab: torch.Tensor | None = None
+        if draft_vocab is None:  # unspecified: the pair's recorded runtime default; 0 = the full vocabulary
+            draft_vocab = pair.meta.get("runtime", {}).get("draft_vocab")
         if draft_vocab:
             ranking = pair.meta.get("token_ranking")
             if not ranking:

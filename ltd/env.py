@@ -81,14 +81,15 @@ def reward_clock(spec: EnvSpec, pair, engine: SpecEngine):
         return WallClock(engine.device)
     path = spec.cost_model_path
     model = CostModel.load(path) if path.exists() else None
-    if model is None or model.pair_fingerprint != pair.fingerprint():
+    if (model is None or model.pair_fingerprint != pair.fingerprint()
+            or model.draft_vocab != engine.draft_vocab_size):
         import logging
 
         from ltd.clock import profile_pair
 
         logging.getLogger(__name__).warning("fitting the cost model of %s on this machine (ltd profile): %s",
                                             pair.name, path)
-        model = profile_pair(pair, top_k=spec.drafting.top_k)
+        model = profile_pair(pair, top_k=spec.drafting.top_k, draft_vocab=spec.drafting.draft_vocab)
         model.save(path)
     return CostClock(model)
 

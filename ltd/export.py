@@ -73,6 +73,9 @@ def export_run(run_dir: str | Path, out: str | Path, name: str | None = None) ->
         raise ConfigError(f"run {run_dir} has no validated policies yet: let `ltd train` finish a round first")
     policies = {v: load_policy(p) for v, p in best.items()}
     pair = _cached_pair(s.pair_spec, s.device)
+    from ltd.engine import SpecEngine
+
+    draft_vocab = SpecEngine(pair, draft_vocab=s.drafting.draft_vocab, backend="hf").draft_vocab_size
     out = Path(out)
     staging = out.with_name(out.name + ".staging")
     if staging.exists():
@@ -91,7 +94,7 @@ def export_run(run_dir: str | Path, out: str | Path, name: str | None = None) ->
         "actions": {"depth": ["stop", "continue"], "widths": list(s.drafting.widths)},
         "policies": {v: {"activation": p.activation, "layers": [[lay.in_features, lay.out_features] for lay in p.layers]}
                      for v, p in policies.items()},
-        "engine": {"top_k": s.drafting.top_k, "max_depth": s.drafting.max_depth, "draft_vocab": s.drafting.draft_vocab,
+        "engine": {"top_k": s.drafting.top_k, "max_depth": s.drafting.max_depth, "draft_vocab": draft_vocab,
                    "temperature": s.temperature},
         "partner": {"depth": s.partner.depth, "top_k": s.drafting.top_k, "width": s.partner.width},
         "pair": {"name": pair.name, "fingerprint": pair.fingerprint()},

@@ -101,9 +101,9 @@ def measure(engine: SpecEngine, controllers: dict[str, Controller], prompts: lis
 
 
 def grid_search(engine: SpecEngine, grid: list[StaticController], prompts: list[list[int]], max_new_tokens: int,
-                keep: int = 6) -> tuple[StaticController, list[dict]]:
-    """Successive halving on validation prompts: all configs on two prompts, the best few on all."""
-    first = measure(engine, {c.label: c for c in grid}, prompts[:2], max_new_tokens, desc="grid (screen)")
+                keep: int = 8, screen: int = 4) -> tuple[StaticController, list[dict]]:
+    """Successive halving on validation prompts: all configs on ``screen`` prompts, the best ``keep`` on all."""
+    first = measure(engine, {c.label: c for c in grid}, prompts[:screen], max_new_tokens, desc="grid (screen)")
     rate = {name: sum(len(g.output_ids) for g in gs) / sum(g.seconds for g in gs) for name, gs in first.items()}
     finalists = sorted(rate, key=rate.get, reverse=True)[:keep]
     by_label = {c.label: c for c in grid}

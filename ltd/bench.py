@@ -294,7 +294,6 @@ def env_overhead(spec_path: str | Path, cycles: int = 300) -> dict:
 
     env = make_env(spec_path, "width")
     s = env.config
-    partner = StaticController(s.partner.depth, s.drafting.top_k, s.partner.width)
     action = min(range(len(env.widths)), key=lambda i: abs(env.widths[i] - s.partner.width))
     controller = StaticController(s.partner.depth, s.drafting.top_k, env.widths[action])
     engine = SpecEngine(env.pair, max_depth=s.drafting.max_depth, draft_vocab=s.drafting.draft_vocab)
@@ -321,7 +320,6 @@ def env_overhead(spec_path: str | Path, cycles: int = 300) -> dict:
                 env.reset()
         return (time.perf_counter() - t0) / cycles
 
-    del partner
     bare(), stepped()  # warm up both
     b, e = [], []
     for _ in range(3):  # alternate to spread drift

@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 FEATURES_VERSION = 1
 NODE_RANKS = (1, 2, 4, 8, 16, 32)

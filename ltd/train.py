@@ -267,7 +267,6 @@ class TrainingRun:
                 index = self.state["phase"]
                 rnd, view = self.state["phases"][index]
                 policies = self.current_policies()
-                from ltd.env import make_env
                 from ltd.features import FeatureView, resolve_feature_set
 
                 features = FeatureView(resolve_feature_set(self.spec.features))

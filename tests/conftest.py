@@ -62,7 +62,7 @@ def make_random_pair(root: Path, arch: str, micro_dir: Path, noise: float, seed:
     target = AutoModelForCausalLM.from_config(_config(arch, len(tok), 64, 2, tok))
     draft = AutoModelForCausalLM.from_config(_config(arch, len(tok), 64, 2, tok))
     with torch.no_grad():
-        for (name, p), q in zip(target.named_parameters(), draft.parameters()):
+        for p, q in zip(target.parameters(), draft.parameters()):
             q.copy_(p + noise * torch.randn_like(p) * p.abs().mean())
     for part, model in (("target", target), ("draft", draft)):
         model.save_pretrained(root / part)

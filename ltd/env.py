@@ -91,6 +91,15 @@ def reward_clock(spec: EnvSpec, pair, engine: SpecEngine):
                                             pair.name, path)
         model = profile_pair(pair, top_k=spec.drafting.top_k, draft_vocab=spec.drafting.draft_vocab)
         model.save(path)
+    else:
+        from ltd.bench import hardware
+
+        here = hardware()
+        if any(model.hardware.get(k) != here.get(k) for k in ("processor", "torch_threads", "gpu")):
+            import logging
+
+            logging.getLogger(__name__).warning("cost model %s was fitted on other hardware (%s); run `ltd profile` "
+                                                "to fit it here", path, model.hardware)
     return CostClock(model)
 
 

@@ -53,13 +53,26 @@ def pair() -> None:
 
 
 @pair.command("build")
-@click.option("--preset", required=True, help="micro (seconds, for tests) or tiny (the default pair).")
+@click.option("--preset", default=None, help="micro (seconds, for tests) or tiny (the default pair).")
 @click.option("--rebuild", is_flag=True, help="Train from the recipe instead of installing shipped weights (resumes).")
-def pair_build(preset: str, rebuild: bool) -> None:
-    """Make a built-in pair available under $LTD_HOME/pairs/PRESET."""
-    from ltd.zoo import build_pair
+@click.option("--recipe", "recipe_file", default=None,
+              help="Train from a recipe JSON file instead (e.g. a build's recipe.json); resumes its build.")
+def pair_build(preset: str | None, rebuild: bool, recipe_file: str | None) -> None:
+    """Make a built-in pair available under $LTD_HOME/pairs/NAME."""
+    from ltd.zoo import Recipe, build_pair, train_pair
 
-    out = build_pair(preset, rebuild=rebuild)
+    if (preset is None) == (recipe_file is None):
+        raise LtdError("give --preset NAME or --recipe FILE.json")
+    if recipe_file:
+        try:
+            data = json.loads(open(recipe_file).read())
+        except (OSError, ValueError) as exc:
+            raise LtdError(f"cannot read recipe {recipe_file}: {exc}")
+        recipe = Recipe.from_dict(data)
+        out = train_pair(recipe)
+        preset = recipe.name
+    else:
+        out = build_pair(preset, rebuild=rebuild)
     meta = json.loads((out / "pair.json").read_text())
     q = meta.get("quality", {})
     click.echo(f"{preset}: {out}")

@@ -80,6 +80,19 @@ class Recipe:
     def max_position(self) -> int:
         return self.seq_len
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "Recipe":
+        """A recipe from its JSON form (``recipe.json`` of a build, or ``pair.json["recipe"]``)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise PairError(f"unknown recipe key {unknown[0]!r}: known keys are {', '.join(sorted(names))}")
+        try:
+            d = dict(data, target=ModelShape(**data["target"]), draft=ModelShape(**data["draft"]))
+            return cls(**d)
+        except (KeyError, TypeError) as exc:
+            raise PairError(f"incomplete or malformed recipe ({exc}): start from a build's recipe.json")
+
 
 PRESETS: dict[str, Recipe] = {
     # Seconds to build; for tests, where only losslessness matters.

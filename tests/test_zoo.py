@@ -116,3 +116,13 @@ def test_the_shipped_default_pair_installs_and_is_lossless(ltd_home):
         ref = pair.target.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False,
                                    pad_token_id=pair.tokenizer.pad_token_id)[0, len(ids):].tolist()
         assert generate_ids(engine, ids, StaticController(3, 4, 8), max_new_tokens=24).output_ids == ref
+
+
+def test_recipes_round_trip_through_json_and_reject_unknown_keys():
+    from ltd.errors import PairError
+    from ltd.zoo import Recipe
+
+    r = PRESETS["tiny"]
+    assert Recipe.from_dict(json.loads(json.dumps(dataclasses.asdict(r)))) == r
+    with pytest.raises(PairError, match="unknown recipe key 'colour'"):
+        Recipe.from_dict(dict(dataclasses.asdict(r), colour="red"))

@@ -18,20 +18,18 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from ltd.controllers import Controller, StaticController, plain
 from ltd.engine import SpecEngine
 from ltd.errors import ConfigError
 from ltd.pair import Pair
-from ltd.paths import atomic_write_bytes, atomic_write_json
+from ltd.paths import atomic_write_bytes, atomic_write_json, hardware
 from ltd.runtime import Generation, generate_ids
 from ltd.stats import paired_ratio
 
@@ -114,14 +112,6 @@ def grid_search(engine: SpecEngine, grid: list[StaticController], prompts: list[
     table = [{"config": n, "screen_tokens_per_s": round(rate[n], 2), "final_tokens_per_s": round(final.get(n, 0), 2)}
              for n in sorted(rate, key=rate.get, reverse=True)]
     return by_label[best], table
-
-
-def hardware() -> dict:
-    info = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def summarize(results: dict[str, MethodResult], baseline: str = "ar") -> dict:

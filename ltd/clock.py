@@ -133,7 +133,7 @@ def _median_time(fn, reps: int, clock: WallClock) -> float:
 def profile_pair(pair, top_k: int = 4, draft_vocab: int | None = None, reps: int = 7, contexts: tuple[int, ...] = (32, 96, 160),
                  verify_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32), draft_sizes: tuple[int, ...] = (1, 2, 4, 8)) -> CostModel:
     """Time the pair's own forwards on this machine and fit the cost model by least squares."""
-    from ltd.bench import hardware
+    from ltd.paths import hardware
     from ltd.controllers import StaticController
     from ltd.engine import SpecEngine
     from ltd.runtime import run_cycle

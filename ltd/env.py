@@ -52,6 +52,7 @@ from ltd.clock import CostClock, CostModel, WallClock
 from ltd.controllers import Controller, StaticController
 from ltd.engine import CycleResult, SpecEngine
 from ltd.features import FeatureView, resolve_feature_set
+from ltd.runtime import draft
 from ltd.spec import EnvSpec, load_spec, split_prompts
 
 STOP, CONTINUE = 0, 1
@@ -92,7 +93,7 @@ def reward_clock(spec: EnvSpec, pair, engine: SpecEngine):
         model = profile_pair(pair, top_k=spec.drafting.top_k, draft_vocab=spec.drafting.draft_vocab)
         model.save(path)
     else:
-        from ltd.bench import hardware
+        from ltd.paths import hardware
 
         here = hardware()
         if any(model.hardware.get(k) != here.get(k) for k in ("processor", "torch_threads", "gpu")):
@@ -187,6 +188,24 @@ class _DecodingEnv(gym.Env):
     def _info(self) -> dict:
         return {"feature_names": self.features.names}
 
+    def _open_cycle(self) -> None:
+        """Bring the engine to this view's first decision of a cycle."""
+        raise NotImplementedError
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._start(seed)
+        self._open_cycle()
+        return self.observe(), self._info()
+
+    def _verified(self, width: int):
+        """Verify with ``width``; end the episode or open the next cycle."""
+        reward, info = self._finish_cycle(width)
+        if self.config.episode == "cycle" or self._done:
+            return self.observe(), reward, True, False, info
+        self._open_cycle()
+        return self.observe(), reward, False, False, info
+
 
 class LtdDepthEnv(_DecodingEnv):
     """Depth decision: stop (0) or draft one expansion deeper (1), after each expansion."""
@@ -195,22 +214,15 @@ class LtdDepthEnv(_DecodingEnv):
         super().__init__(spec, partner, pair)
         self.action_space = gym.spaces.Discrete(2)
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        self._start(seed)
+    def _open_cycle(self) -> None:
         self._begin_cycle()
-        return self.observe(), self._info()
 
     def step(self, action):
         if int(action) == CONTINUE and self.engine.can_expand():
             self.engine.expand()
             if self.engine.can_expand():
                 return self.observe(), 0.0, False, False, {}
-        reward, info = self._finish_cycle(self.partner.choose_width(self.engine))
-        if self.config.episode == "cycle" or self._done:
-            return self.observe(), reward, True, False, info
-        self._begin_cycle()
-        return self.observe(), reward, False, False, info
+        return self._verified(self.partner.choose_width(self.engine))
 
 
 class LtdWidthEnv(_DecodingEnv):
@@ -220,23 +232,11 @@ class LtdWidthEnv(_DecodingEnv):
         super().__init__(spec, partner, pair)
         self.action_space = gym.spaces.Discrete(len(self.widths))
 
-    def _draft(self) -> None:
-        self._begin_cycle()
-        while self.engine.can_expand() and self.partner.should_expand(self.engine):
-            self.engine.expand()
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        self._start(seed)
-        self._draft()
-        return self.observe(), self._info()
+    def _open_cycle(self) -> None:
+        draft(self.engine, self.partner)  # the partner's depth decisions, through the runtime's loop
 
     def step(self, action):
-        reward, info = self._finish_cycle(self.widths[int(action)])
-        if self.config.episode == "cycle" or self._done:
-            return self.observe(), reward, True, False, info
-        self._draft()
-        return self.observe(), reward, False, False, info
+        return self._verified(self.widths[int(action)])
 
 
 VIEWS = {"depth": LtdDepthEnv, "width": LtdWidthEnv}

@@ -15,7 +15,6 @@ never unpickles or executes anything. The runtime imports no stable-baselines3.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from ltd.errors import ConfigError, LtdError
 from ltd.features import FEATURE_NAMES, FEATURES_VERSION, FeatureView
-from ltd.paths import atomic_write_bytes, atomic_write_json
+from ltd.paths import atomic_write_bytes, atomic_write_json, sha256_file
 from ltd.policy import MLPPolicy, PolicyController
 
 FORMAT_VERSION = 1
@@ -33,10 +32,6 @@ VIEWS = ("depth", "width")
 
 class BundleError(LtdError):
     """A policy bundle cannot be used."""
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass
@@ -62,7 +57,7 @@ def export_run(run_dir: str | Path, out: str | Path, name: str | None = None) ->
     """Write the best policies of a training run as a bundle at ``out`` (atomically: a folder swap)."""
     from safetensors.torch import save_file
 
-    from ltd.bench import hardware
+    from ltd.paths import hardware
     from ltd.env import _cached_pair
     from ltd.train import TrainingRun, load_policy
 
@@ -102,7 +97,7 @@ def export_run(run_dir: str | Path, out: str | Path, name: str | None = None) ->
         "hardware": hardware(),
         "training": {"spec": s.model_dump(mode="json"), "config": run.config.model_dump(mode="json")},
         "validation": run.state.get("best"),
-        "weights_sha256": _sha256(staging / "weights.safetensors"),
+        "weights_sha256": sha256_file(staging / "weights.safetensors"),
     }
     atomic_write_json(staging / "manifest.json", manifest)
     atomic_write_bytes(staging / "README.md", model_card(manifest).encode())
@@ -172,7 +167,7 @@ def load_bundle(path: str | Path, pair=None, force: bool = False) -> Bundle:
     weights = path / "weights.safetensors"
     if not weights.exists():
         raise BundleError(f"policy bundle {path} has no weights.safetensors: re-export it")
-    if _sha256(weights) != manifest.get("weights_sha256"):
+    if sha256_file(weights) != manifest.get("weights_sha256"):
         raise BundleError(f"{weights} does not match the hash in its manifest: the bundle was modified or is "
                           "corrupt, re-export it")
     try:

@@ -15,11 +15,16 @@ from ltd.errors import PromptError
 from ltd.pair import Pair, load_pair
 
 
-def run_cycle(engine: SpecEngine, controller: Controller) -> CycleResult:
-    """One draft-and-verify cycle, shaped by ``controller``."""
+def draft(engine: SpecEngine, controller: Controller) -> None:
+    """Open a cycle and expand the tree for as long as ``controller`` wants and the engine can."""
     engine.begin(controller.choose_top_k(engine))
     while engine.can_expand() and controller.should_expand(engine):
         engine.expand()
+
+
+def run_cycle(engine: SpecEngine, controller: Controller) -> CycleResult:
+    """One draft-and-verify cycle, shaped by ``controller``."""
+    draft(engine, controller)
     return engine.verify(controller.choose_width(engine))
 
 

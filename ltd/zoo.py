@@ -18,7 +18,6 @@ the last one stopped, so a long build can span sessions.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -33,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ltd.corpus import Document, corpus_fingerprint, load_documents, split_documents
 from ltd.errors import PairError
-from ltd.paths import PACKAGE_DIR, atomic_write_json, ltd_home
+from ltd.paths import PACKAGE_DIR, atomic_write_json, ltd_home, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -433,16 +432,8 @@ def write_workload(tokenizer, heldout: list[Document], recipe: Recipe, path: Pat
 # --------------------------------------------------------------------------- the build
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def weight_hashes(root: Path) -> dict:
-    return {f"{part}/model.safetensors": _sha256(root / part / "model.safetensors") for part in ("target", "draft")}
+    return {f"{part}/model.safetensors": sha256_file(root / part / "model.safetensors") for part in ("target", "draft")}
 
 
 STEP_KEYS = ("target_steps", "draft_steps")
@@ -589,7 +580,7 @@ def install_shipped(preset: str) -> Path:
     meta = json.loads((src / "pair.json").read_text())
     shipped = meta.get("shipped_hashes", meta["hashes"])
     for rel, digest in shipped.items():
-        if _sha256(src / rel) != digest:
+        if sha256_file(src / rel) != digest:
             raise PairError(f"shipped weights {src / rel} do not match their recorded hash: reinstall the package")
     out = pair_dir(preset)
     staging = out.with_name(out.name + ".staging")

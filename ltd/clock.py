@@ -87,7 +87,7 @@ class CostModel:
         atomic_write_json(path, asdict(self))
 
     @classmethod
-    def load(cls, path: Path) -> "CostModel":
+    def load(cls, path: Path) -> CostModel:
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"cost model {path} does not exist: run `ltd profile` for this spec first")
@@ -133,9 +133,9 @@ def _median_time(fn, reps: int, clock: WallClock) -> float:
 def profile_pair(pair, top_k: int = 4, draft_vocab: int | None = None, reps: int = 7, contexts: tuple[int, ...] = (32, 96, 160),
                  verify_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32), draft_sizes: tuple[int, ...] = (1, 2, 4, 8)) -> CostModel:
     """Time the pair's own forwards on this machine and fit the cost model by least squares."""
-    from ltd.paths import hardware
     from ltd.controllers import StaticController
     from ltd.engine import SpecEngine
+    from ltd.paths import hardware
     from ltd.runtime import run_cycle
 
     engine = SpecEngine(pair, draft_vocab=draft_vocab)

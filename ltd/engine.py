@@ -20,9 +20,8 @@ distribution exactly, whatever the draft.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import itertools
+from dataclasses import dataclass, field
 
 import torch
 
@@ -31,7 +30,6 @@ from ltd.errors import ConfigError, PromptError
 from ltd.pair import Pair
 from ltd.runners import make_runner
 from ltd.tree import DraftTree
-
 
 _CYCLE_IDS = itertools.count()  # unique across engines: lets decision code cache per cycle state
 

@@ -128,7 +128,7 @@ class _DecodingEnv(gym.Env):
     # ------------------------------------------------------------------ helpers
 
     def observe(self) -> np.ndarray:
-        return np.clip(self.features(self.engine), 0.0, 1.0)
+        return self.features(self.engine)
 
     def plain_seconds(self, context: int) -> float:
         """Seconds of one plain decoding step at ``context`` on the reward clock."""

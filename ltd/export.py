@@ -57,8 +57,8 @@ def export_run(run_dir: str | Path, out: str | Path, name: str | None = None) ->
     """Write the best policies of a training run as a bundle at ``out`` (atomically: a folder swap)."""
     from safetensors.torch import save_file
 
-    from ltd.paths import hardware
     from ltd.env import _cached_pair
+    from ltd.paths import hardware
     from ltd.train import TrainingRun, load_policy
 
     run = TrainingRun.resume(run_dir)

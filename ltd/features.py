@@ -28,6 +28,7 @@ when a definition changes).
 from __future__ import annotations
 
 import math
+import operator
 
 import numpy as np
 
@@ -57,34 +58,36 @@ def resolve_feature_set(names: str | list[str] | tuple[str, ...]) -> tuple[str, 
     return tuple(names)
 
 
-def observe_all(engine) -> np.ndarray:
+def observe_all(engine) -> list[float]:
     """All features, in ``FEATURE_NAMES`` order.
 
-    The tree's numbers are small: they are copied to NumPy once (zero-copy on a CPU) and the rest
-    is NumPy arithmetic, since each small torch op costs microseconds of dispatch.
+    The tree's numbers are few (tens): they are read out once with ``tolist`` and the rest is plain
+    Python arithmetic. Each small torch or NumPy call costs microseconds of dispatch, more than the
+    arithmetic itself, and a decision runs several times per cycle.
     """
     tree = engine.tree
-    if tree is not None and len(tree):
-        scores = tree.scores.detach().cpu().numpy()
-        n = scores.shape[0]
-        k = min(n, NODE_RANKS[-1])
-        best = np.exp(-np.sort(-scores)[:k]) if n > k else np.exp(-np.sort(-scores))
-        frontier = np.exp(scores[tree.frontier.cpu().numpy()])
-        logp = tree._last_logp.detach().cpu().numpy().reshape(-1, tree._last_logp.shape[-1])
-        p = np.exp(logp)
-        rest = np.maximum(1.0 - p.sum(-1), 1e-12)
-        entropy = float((-(p * logp).sum(-1) - rest * np.log(rest)).mean())
-        head = [min(tree.depth / 16.0, 1.0), math.log2(1 + n) / 10.0,
-                *(float(best[r - 1]) if r <= k else 0.0 for r in NODE_RANKS),
-                float(frontier.max()), float(frontier.mean()), float(p[:, 0].mean()),
-                entropy / math.log(tree.top_k + 1)]
-        top_k = min(tree.top_k / 16.0, 1.0)
-    else:
-        head, top_k = [0.0] * 12, 0.0
     h = engine.history
     tail = [len(engine.tokens) / engine.max_context, min(h.accept_ema / 8.0, 1.0), min(h.accept_last / 8.0, 1.0),
-            min(h.depth_last / 16.0, 1.0), math.log2(1 + h.width_last) / 6.0, top_k]
-    return np.array(head + tail, dtype=np.float32)
+            min(h.depth_last / 16.0, 1.0), math.log2(1 + h.width_last) / 6.0]
+    if tree is None or not len(tree):
+        return [0.0] * 12 + tail + [0.0]
+    scores = tree.scores.tolist()
+    logp = tree.last_logp
+    rows = logp.tolist() if logp.dim() > 1 else [logp.tolist()]
+    n = len(scores)
+    best = sorted(scores, reverse=True)
+    # the frontier: the best top_k of the last expansion's nodes (all of them after the first)
+    frontier = [math.exp(v) for v in sorted(scores[n - logp.numel():], reverse=True)[:tree.top_k]]
+    p_max = entropy = 0.0
+    for row in rows:  # top-k log-probabilities, best first; the rest of the mass is one more outcome
+        p = [math.exp(v) for v in row]
+        rest = max(1.0 - sum(p), 1e-12)
+        p_max += p[0]
+        entropy -= sum(map(operator.mul, p, row)) + rest * math.log(rest)
+    return [min(tree.depth / 16.0, 1.0), math.log2(1 + n) / 10.0,
+            *[math.exp(best[r - 1]) if r <= n else 0.0 for r in NODE_RANKS],
+            max(frontier), sum(frontier) / len(frontier), p_max / len(rows),
+            entropy / len(rows) / math.log(tree.top_k + 1), *tail, min(tree.top_k / 16.0, 1.0)]
 
 
 class FeatureView:
@@ -92,11 +95,14 @@ class FeatureView:
 
     def __init__(self, names: tuple[str, ...] = FEATURE_NAMES):
         self.names = tuple(names)
-        self.index = np.array([FEATURE_NAMES.index(n) for n in self.names], dtype=np.int64)
+        self._positions = np.array([FEATURE_NAMES.index(n) for n in self.names], dtype=np.int64)
+        self._all = self.names == FEATURE_NAMES
 
     @property
     def size(self) -> int:
         return len(self.names)
 
     def __call__(self, engine) -> np.ndarray:
-        return observe_all(engine)[self.index]
+        """The selected features as float32, clipped to [0, 1]."""
+        values = np.array(observe_all(engine), dtype=np.float32)
+        return np.clip(values if self._all else values[self._positions], 0.0, 1.0)

@@ -62,13 +62,12 @@ class MLPPolicy(torch.nn.Module):
         """
         if self._np is None:
             self._np = [(lay.weight.numpy().T.copy(), lay.bias.numpy().copy()) for lay in self.layers]
-        x = np.asarray(obs, dtype=np.float32)
-        last = len(self._np) - 1
-        for i, (w, b) in enumerate(self._np):
-            x = x @ w + b
-            if i < last:
-                x = np.tanh(x) if self.activation == "tanh" else np.maximum(x, 0.0)
-        return int(np.argmax(x))
+            self._np_act = np.tanh if self.activation == "tanh" else (lambda v: np.maximum(v, 0.0))
+        *hidden, (w_out, b_out) = self._np
+        x = obs
+        for w, b in hidden:
+            x = self._np_act(np.dot(x, w) + b)
+        return int((np.dot(x, w_out) + b_out).argmax())
 
     def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         out = {}
@@ -99,7 +98,7 @@ class PolicyController:
         tree = engine.tree
         key = (engine.cycle_id, tree.depth if tree is not None else -1)
         if key != self._cache_key:
-            self._cache_key, self._cache_obs = key, np.clip(self.features(engine), 0.0, 1.0)
+            self._cache_key, self._cache_obs = key, self.features(engine)
         return self._cache_obs
 
     def choose_top_k(self, engine) -> int:

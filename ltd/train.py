@@ -188,7 +188,7 @@ class TrainingRun:
     # -- creation and resumption
 
     @classmethod
-    def create(cls, spec_path: str | Path, config: TrainConfig, run_dir: str | Path | None = None) -> "TrainingRun":
+    def create(cls, spec_path: str | Path, config: TrainConfig, run_dir: str | Path | None = None) -> TrainingRun:
         spec = load_spec(spec_path)
         run_dir = Path(run_dir) if run_dir else Path("runs") / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         if (run_dir / "state.json").exists():
@@ -201,7 +201,7 @@ class TrainingRun:
         return run
 
     @classmethod
-    def resume(cls, run_dir: str | Path) -> "TrainingRun":
+    def resume(cls, run_dir: str | Path) -> TrainingRun:
         run_dir = Path(run_dir)
         path = run_dir / "state.json"
         if not path.exists():
@@ -333,8 +333,8 @@ class TrainingRun:
 
     def validate(self, split: str = "validation") -> dict:
         """Both current policies together, through the runtime, on held-out prompts."""
-        from ltd.env import _cached_pair, reward_clock, workload_prompts
         from ltd.engine import SpecEngine
+        from ltd.env import _cached_pair, reward_clock, workload_prompts
         from ltd.features import FeatureView, resolve_feature_set
         from ltd.runtime import run_cycle
 

@@ -47,7 +47,7 @@ class DraftTree:
         self.frontier_anc = torch.empty(0, 0, dtype=torch.bool, device=device)  # [f, fed]
         self._fed_rows = self.frontier_anc
         self.last_logits: torch.Tensor | None = None  # the draft's logits at the last expansion
-        self._last_logp: torch.Tensor | None = None  # their top-k log-probabilities
+        self.last_logp: torch.Tensor | None = None  # their top-k log-probabilities
 
     def __len__(self) -> int:
         return int(self.tokens.numel())
@@ -68,25 +68,11 @@ class DraftTree:
         self.depth += 1
         return torch.arange(start, start + tokens.numel(), device=self.device)
 
-    def step_stats(self) -> tuple[float, float]:
-        """(mean top probability, mean top-k entropy in nats) of the draft's rows at the last expansion.
-
-        The entropy is over the top_k candidates plus the rest of the mass as one outcome: it needs
-        only the top-k log-probabilities the expansion already computed, not another vocabulary pass.
-        """
-        if self._last_logp is None:
-            return 0.0, 0.0
-        logp = self._last_logp.reshape(-1, self._last_logp.shape[-1])
-        p = logp.exp()
-        rest = (1.0 - p.sum(-1)).clamp(min=1e-12)
-        entropy = -(p * logp).sum(-1) - rest * rest.log()
-        return tuple(torch.stack([p[:, 0].mean(), entropy.mean()]).tolist())
-
     def _top(self, logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k log-probabilities and their columns, without normalising the whole row."""
         vals, cols = logits.topk(min(k, logits.shape[-1]), dim=-1)
         logp = vals.float() - torch.logsumexp(logits.float(), dim=-1, keepdim=True)
-        self._last_logp = logp
+        self.last_logp = logp
         return logp, cols
 
     def add_root_children(self, root_logits: torch.Tensor) -> None:

@@ -80,7 +80,7 @@ class Recipe:
         return self.seq_len
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Recipe":
+    def from_dict(cls, data: dict) -> Recipe:
         """A recipe from its JSON form (``recipe.json`` of a build, or ``pair.json["recipe"]``)."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)

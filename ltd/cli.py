@@ -250,6 +250,46 @@ def env_overhead_cmd(spec, cycles):
     click.echo(json.dumps(env_overhead(spec, cycles)))
 
 
+@cli.command()
+@click.option("--pair", "pair_spec", default="tiny", show_default=True)
+@click.option("--tokens", type=int, default=20_000, show_default=True, help="Tokens to generate in all.")
+@click.option("--max-new-tokens", type=int, default=128, show_default=True, help="Per prompt.")
+@click.option("--prompts", "prompts_file", default=None, help="JSON-lines prompts (default: the pair's held-out code).")
+@click.option("--policy", "policy_dir", default=None, help="A policy bundle (default: a static tree).")
+@_static_options
+@click.option("--json", "json_out", default=None, help="Write the figures here (and a .png plot beside it).")
+def soak(pair_spec, tokens, max_new_tokens, prompts_file, policy_dir, depth, top_k, width, json_out):
+    """Generate many tokens and report resident memory against its level after the first prompt."""
+    from pathlib import Path
+
+    from ltd.bench import load_workload
+    from ltd.controllers import StaticController
+    from ltd.engine import SpecEngine
+    from ltd.pair import load_pair
+    from ltd.paths import atomic_write_json
+    from ltd.soak import plot
+    from ltd.soak import soak as run_soak
+
+    p = load_pair(pair_spec)
+    texts, _ = load_workload(p, prompts_file)
+    options: dict = {}
+    controller = StaticController(depth=depth, top_k=top_k, width=width)
+    if policy_dir:
+        from ltd.export import load_bundle
+
+        bundle = load_bundle(policy_dir, p)
+        controller, options = bundle.controller(), bundle.engine_options()
+    engine = SpecEngine(p, **options)
+    report = run_soak(engine, [p.encode(t) for t in texts], controller, tokens, max_new_tokens)
+    figures = report.to_json()
+    click.echo(f"{figures['tokens']} tokens over {figures['prompts']} prompts: resident memory "
+               f"{figures['rss_after_first_mb']} MiB after the first prompt, {figures['rss_final_mb']} MiB at the end "
+               f"({100 * figures['growth']:+.1f} %), peak {figures['rss_peak_mb']} MiB ({100 * figures['peak_growth']:+.1f} %)")
+    if json_out:
+        atomic_write_json(Path(json_out), {"pair": p.name, "controller": getattr(controller, "label", ""), **figures})
+        plot(report, Path(json_out).with_suffix(".png"))
+
+
 # ----------------------------------------------------------------------------- RL
 
 

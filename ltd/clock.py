@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ltd.errors import ConfigError
-from ltd.paths import atomic_write_json
+from ltd.paths import atomic_write_json, read_json
 
 
 class WallClock:
@@ -45,6 +45,10 @@ class WallClock:
 
     def cycle_seconds(self, result) -> float:
         return sum(self.cycle_split(result))
+
+
+def _finite_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 @dataclass
@@ -89,15 +93,17 @@ class CostModel:
     @classmethod
     def load(cls, path: Path) -> CostModel:
         path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"cost model {path} does not exist: run `ltd profile` for this spec first")
+        data = read_json(path, "cost model", ConfigError, "run `ltd profile` for this spec first")
         try:
-            data = json.loads(path.read_text())
             model = cls(**data)
-            ok = (len(model.draft) == 2 and len(model.verify) == 3
-                  and all(isinstance(x, (int, float)) for x in [*model.draft, *model.verify, model.overhead]))
-        except (ValueError, TypeError) as exc:
+        except TypeError as exc:
             raise ConfigError(f"cost model {path} is not a valid cost model ({exc}): run `ltd profile` again")
+        number = _finite_number
+        ok = (isinstance(model.draft, list) and isinstance(model.verify, list)
+              and len(model.draft) == 2 and len(model.verify) == 3
+              and all(number(x) for x in [*model.draft, *model.verify, model.overhead, model.expand_overhead])
+              and isinstance(model.draft_vocab, int) and isinstance(model.pair_fingerprint, str)
+              and isinstance(model.hardware, dict) and isinstance(model.fit_error, dict))
         if not ok:
             raise ConfigError(f"cost model {path} has malformed coefficients: run `ltd profile` again")
         return model

@@ -22,3 +22,9 @@ class ConfigError(LtdError):
 
 class PromptError(LtdError):
     """A prompt or prompt file cannot be used."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none), for one-line errors."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else exc.__class__.__name__

@@ -15,14 +15,16 @@ never unpickles or executes anything. The runtime imports no stable-baselines3.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ltd.errors import ConfigError, LtdError
 from ltd.features import FEATURE_NAMES, FEATURES_VERSION, FeatureView
-from ltd.paths import atomic_write_bytes, atomic_write_json, sha256_file
+from ltd.paths import atomic_write_bytes, atomic_write_json, read_json, replace_dir, settled_dir, sha256_file
 from ltd.policy import MLPPolicy, PolicyController
 
 FORMAT_VERSION = 1
@@ -32,6 +34,66 @@ VIEWS = ("depth", "width")
 
 class BundleError(LtdError):
     """A policy bundle cannot be used."""
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Features(_Part):
+    names: list[str]
+    definition_version: int
+    normalisation: str = ""
+
+
+class _Actions(_Part):
+    depth: list[str]
+    widths: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+
+
+class _Network(_Part):
+    activation: Literal["tanh", "relu"]
+    layers: list[list[Annotated[int, Field(ge=1)]]] = Field(min_length=1)
+
+
+class _Policies(_Part):
+    depth: _Network
+    width: _Network
+
+
+class _Engine(_Part):
+    top_k: int = Field(ge=1)
+    max_depth: int = Field(ge=1)
+    draft_vocab: int | None = Field(None, ge=0)
+    temperature: float = Field(0.0, ge=0)
+
+
+class _Partner(_Part):
+    depth: int = Field(ge=0)
+    top_k: int = Field(ge=1)
+    width: int = Field(ge=0)
+
+
+class _PairRef(_Part):
+    name: str
+    fingerprint: str
+
+
+class Manifest(BaseModel):
+    """What ``manifest.json`` must hold for the runtime to use a bundle (other keys are records)."""
+
+    format_version: int
+    features: _Features
+    actions: _Actions
+    policies: _Policies
+    engine: _Engine
+    partner: _Partner
+    pair: _PairRef
+    clock: str
+    hardware: dict
+    validation: dict | None = None
+    training: dict = Field(default_factory=dict)
+    weights_sha256: str
 
 
 @dataclass
@@ -101,15 +163,7 @@ def export_run(run_dir: str | Path, out: str | Path, name: str | None = None) ->
     }
     atomic_write_json(staging / "manifest.json", manifest)
     atomic_write_bytes(staging / "README.md", model_card(manifest).encode())
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        out.replace(old)
-        staging.replace(out)
-        shutil.rmtree(old)
-    else:
-        staging.replace(out)
+    replace_dir(staging, out)
     return out
 
 
@@ -147,57 +201,60 @@ def load_bundle(path: str | Path, pair=None, force: bool = False) -> Bundle:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(path)
+    path = settled_dir(path)
     if not path.is_dir():
         raise BundleError(f"policy bundle {path} does not exist: give a folder made by `ltd export`")
     extra = sorted(p.name for p in path.iterdir() if p.name not in BUNDLE_FILES)
     if extra:
         raise BundleError(f"policy bundle {path} holds an unexpected file {extra[0]!r}: bundles hold data only "
                           f"({', '.join(BUNDLE_FILES)}); re-export it")
-    try:
-        manifest = json.loads((path / "manifest.json").read_text())
-    except FileNotFoundError:
-        raise BundleError(f"policy bundle {path} has no manifest.json: re-export it with `ltd export`")
-    except (ValueError, UnicodeDecodeError):
-        raise BundleError(f"{path / 'manifest.json'} is not valid JSON: the bundle is corrupt, re-export it")
+    manifest = read_json(path / "manifest.json", "bundle manifest", BundleError,
+                         fix="re-export the bundle with `ltd export`")
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         got = manifest.get("format_version") if isinstance(manifest, dict) else None
         raise BundleError(f"policy bundle {path} has format version {got!r}, this LTD reads {FORMAT_VERSION}: "
                           "re-export it with this version")
+    try:
+        checked = Manifest.model_validate(manifest)
+    except ValidationError as exc:
+        from ltd.spec import _one_line
+
+        raise BundleError(_one_line(exc, f"policy bundle {path}: malformed manifest.json") + "; re-export it")
     weights = path / "weights.safetensors"
     if not weights.exists():
         raise BundleError(f"policy bundle {path} has no weights.safetensors: re-export it")
-    if sha256_file(weights) != manifest.get("weights_sha256"):
+    if sha256_file(weights) != checked.weights_sha256:
         raise BundleError(f"{weights} does not match the hash in its manifest: the bundle was modified or is "
                           "corrupt, re-export it")
     try:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(f"{weights} is not a safetensors file ({exc}): bundles never hold pickles; re-export it")
-    try:
-        names = manifest["features"]["names"]
-        unknown = [n for n in names if n not in FEATURE_NAMES]
-        if unknown or manifest["features"]["definition_version"] != FEATURES_VERSION:
-            raise BundleError(f"policy bundle {path} uses features this LTD does not define "
-                              f"({unknown[:1] or 'definition v' + str(manifest['features']['definition_version'])})")
-        policies = {}
-        for view in VIEWS:
-            n = len(manifest["policies"][view]["layers"])
-            policies[view] = MLPPolicy([tensors[f"{view}.{i}.weight"] for i in range(n)],
-                                       [tensors[f"{view}.{i}.bias"] for i in range(n)],
-                                       manifest["policies"][view]["activation"])
-        widths = manifest["actions"]["widths"]
-        if policies["width"].n_actions != len(widths) or policies["depth"].n_actions != 2:
-            raise BundleError(f"policy bundle {path}: the networks' outputs do not match its action grids")
-        if any(p.obs_size != len(names) for p in policies.values()):
-            raise BundleError(f"policy bundle {path}: the networks' inputs do not match its feature list")
-        manifest["engine"]["top_k"], manifest["engine"]["max_depth"]  # noqa: B018 - required keys
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"policy bundle {path} has a malformed manifest or weights ({exc.__class__.__name__}: "
-                          f"{exc}): re-export it")
+    names = checked.features.names
+    unknown = [n for n in names if n not in FEATURE_NAMES]
+    if unknown or checked.features.definition_version != FEATURES_VERSION:
+        raise BundleError(f"policy bundle {path} uses features this LTD does not define "
+                          f"({unknown[:1] or 'definition v' + str(checked.features.definition_version)})")
+    policies = {}
+    for view in VIEWS:
+        spec = getattr(checked.policies, view)
+        try:
+            policies[view] = MLPPolicy([tensors[f"{view}.{i}.weight"] for i in range(len(spec.layers))],
+                                       [tensors[f"{view}.{i}.bias"] for i in range(len(spec.layers))],
+                                       spec.activation)
+        except KeyError as exc:
+            raise BundleError(f"policy bundle {path}: weights.safetensors lacks tensor {exc}; re-export it")
+        except ValueError as exc:
+            raise BundleError(f"policy bundle {path}: the {view} network's tensors are malformed ({exc}); re-export it")
+        if [[lay.in_features, lay.out_features] for lay in policies[view].layers] != spec.layers:
+            raise BundleError(f"policy bundle {path}: the {view} network's shapes differ from its manifest; re-export it")
+    if policies["width"].n_actions != len(checked.actions.widths) or policies["depth"].n_actions != 2:
+        raise BundleError(f"policy bundle {path}: the networks' outputs do not match its action grids")
+    if any(p.obs_size != len(names) for p in policies.values()):
+        raise BundleError(f"policy bundle {path}: the networks' inputs do not match its feature list")
     if pair is not None and not force:
-        want = manifest.get("pair", {}).get("fingerprint")
+        want = checked.pair.fingerprint
         if want != pair.fingerprint():
-            raise BundleError(f"policy bundle {path} was trained for pair {manifest.get('pair', {}).get('name')!r} "
+            raise BundleError(f"policy bundle {path} was trained for pair {checked.pair.name!r} "
                               f"({want}), not this one ({pair.fingerprint()}): use its pair, or --force")
     return Bundle(path, manifest, policies)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ltd.errors import PairError
+from ltd.errors import PairError, first_line
+from ltd.paths import read_json, read_yaml
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -64,14 +65,7 @@ def _pair_from_yaml(path: Path) -> tuple[str, Path | None, Path | None]:
     Relative paths are relative to the YAML file. A spec with a ``pair:`` section (an environment
     spec) is read from that section.
     """
-    import yaml
-
-    if not path.exists():
-        raise PairError(f"pair file {path} does not exist: give a preset name, target=PATH,draft=PATH or a YAML file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise PairError(f"pair file {path} is not valid YAML: {str(exc).splitlines()[0]}")
+    data = read_yaml(path, "pair file", PairError, "give a preset name, target=PATH,draft=PATH or a YAML file")
     if isinstance(data, dict) and isinstance(data.get("pair"), (dict, str)):
         data = data["pair"]
     if isinstance(data, str):
@@ -128,7 +122,9 @@ def resolve_pair_paths(spec: str, build: bool = True) -> tuple[str, Path, Path, 
         root = build_pair(name) if build else pair_dir(name)
         if not (root / "pair.json").exists():
             raise PairError(f"pair {name!r} is not built: run `ltd pair build --preset {name}`")
-        meta = json.loads((root / "pair.json").read_text())
+        meta = read_json(root / "pair.json", "pair record", PairError, f"rebuild it with `ltd pair build --preset {name}`")
+        if not isinstance(meta, dict):
+            raise PairError(f"{root / 'pair.json'} is not a pair record: rebuild it with `ltd pair build --preset {name}`")
         target_path, draft_path = root / "target", root / "draft"
     return name, target_path, draft_path, meta
 
@@ -143,13 +139,16 @@ def load_pair(spec: str = "tiny", device: str | torch.device = "cpu", dtype: str
     name, target_path, draft_path, meta = resolve_pair_paths(spec)
     _check_checkpoint(target_path, "target")
     _check_checkpoint(draft_path, "draft")
+    # Loading a folder made elsewhere can fail in many ways inside transformers and tokenizers
+    # (bad JSON, truncated weights, unknown model types); each is that folder's problem, in one line.
     try:
         tokenizer = AutoTokenizer.from_pretrained(target_path)
-    except (OSError, ValueError) as exc:
-        raise PairError(f"cannot load a tokenizer from {target_path}: save one there with save_pretrained ({exc})")
+    except Exception as exc:
+        raise PairError(f"cannot load a tokenizer from {target_path}: save one there with save_pretrained "
+                        f"({first_line(exc)})") from None
     try:
         draft_tok = AutoTokenizer.from_pretrained(draft_path)
-    except (OSError, ValueError):
+    except Exception:
         draft_tok = None  # a draft folder without a tokenizer uses the target's
     if draft_tok is not None and _vocab_signature(draft_tok) != _vocab_signature(tokenizer):
         raise PairError(f"the draft's tokenizer ({draft_path}) differs from the target's ({target_path}): "
@@ -158,8 +157,8 @@ def load_pair(spec: str = "tiny", device: str | torch.device = "cpu", dtype: str
     for path, role in ((target_path, "target"), (draft_path, "draft")):
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
-        except (OSError, ValueError) as exc:
-            raise PairError(f"cannot load the {role} model from {path}: {str(exc).splitlines()[0]}")
+        except Exception as exc:
+            raise PairError(f"cannot load the {role} model from {path}: {first_line(exc)}") from None
         models.append(model.to(device).eval())
     target, draft = models
     if target.config.vocab_size != draft.config.vocab_size:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ltd.errors import ConfigError
+from ltd.paths import read_yaml
 
 # Prompt files are split by position: the first prompts are the test set (benchmarks report on
 # them), the next ones validation (choosing configs and checkpoints), the rest training.
@@ -129,10 +129,5 @@ def parse_spec(data: dict, where: str = "spec", path: Path | None = None) -> Env
 def load_spec(path: str | Path) -> EnvSpec:
     """Read and validate a spec file (``yaml.safe_load`` only)."""
     path = Path(path).expanduser()
-    if not path.exists():
-        raise ConfigError(f"spec file {path} does not exist: give a YAML file (see envs/ for examples)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"spec file {path} is not valid YAML: {str(exc).splitlines()[0]}")
+    data = read_yaml(path, "spec file", ConfigError, "give a YAML file (see envs/ for examples)")
     return parse_spec(data, str(path), path.resolve())

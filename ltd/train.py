@@ -15,7 +15,7 @@ learning-rate schedule and the round exactly.
 
 from __future__ import annotations
 
-import json
+import io
 import logging
 import os
 import time
@@ -24,13 +24,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
 from ltd.errors import ConfigError, LtdError
-from ltd.paths import atomic_write_json
+from ltd.paths import atomic_write_bytes, atomic_write_json, read_json, read_yaml
 from ltd.policy import MLPPolicy, PolicyController
 from ltd.spec import EnvSpec, load_spec
 
@@ -86,12 +85,9 @@ def load_config(path: str | Path | None, overrides: dict | None = None) -> Train
     data: dict = {}
     if path is not None:
         path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"training config {path} does not exist: see experiments/ppo.yaml")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"training config {path} is not valid YAML: {str(exc).splitlines()[0]}")
+        data = read_yaml(path, "training config", ConfigError, "see experiments/ppo.yaml") or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"training config {path} must be a YAML mapping of keys to values (see experiments/ppo.yaml)")
     data = _merge(data, overrides or {})
     try:
         return TrainConfig.model_validate(data)
@@ -125,9 +121,7 @@ def policy_from_sb3(model) -> MLPPolicy:
 
 
 def save_policy(policy: MLPPolicy, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    save_file(policy.tensors("net"), str(tmp), metadata={"activation": policy.activation})
-    tmp.replace(path)
+    atomic_write_bytes(path, save(policy.tensors("net"), metadata={"activation": policy.activation}))
 
 
 def load_policy(path: Path) -> MLPPolicy:
@@ -206,10 +200,10 @@ class TrainingRun:
         path = run_dir / "state.json"
         if not path.exists():
             raise ConfigError(f"no run to resume at {run_dir}: give a folder made by `ltd train`")
+        state = read_json(path, "run state", ConfigError, "start a new run")
         try:
-            state = json.loads(path.read_text())
             config = TrainConfig.model_validate(state["config"])
-        except (ValueError, KeyError, ValidationError) as exc:
+        except (TypeError, KeyError, ValidationError) as exc:
             raise ConfigError(f"{path} is not a valid run state ({exc.__class__.__name__}): start a new run")
         return cls(run_dir, load_spec(state["spec"]), config, state)
 
@@ -225,10 +219,10 @@ class TrainingRun:
         return self.dir / f"phase-{index}-{view}.zip"
 
     def checkpoint(self, model, index: int, view: str) -> None:
-        path = self.phase_zip(index, view)
-        tmp = path.with_name(path.stem + ".tmp.zip")
-        model.save(tmp)
-        tmp.replace(path)
+        """The SB3 model of the phase in progress, written whole or not at all."""
+        buffer = io.BytesIO()
+        model.save(buffer)
+        atomic_write_bytes(self.phase_zip(index, view), buffer.getvalue())
 
     def current_policies(self) -> dict[str, MLPPolicy | None]:
         return {v: load_policy(self.policy_path(v)) if self.policy_path(v).exists() else None for v in VIEWS}
@@ -274,8 +268,11 @@ class TrainingRun:
                 env = self.make_vec_env(view, partner, self.config.seed + 1000 * index)
                 total = getattr(self.config.timesteps, view)
                 zip_path = self.phase_zip(index, view)
-                if zip_path.exists():  # resuming this phase
+                if zip_path.exists():  # resuming this phase (a zip this run wrote: SB3 zips hold pickles)
                     model = PPO.load(zip_path, env=env, device="cpu")
+                    self.state.setdefault("resumes", []).append(
+                        {"phase": index, "view": view, "from_step": int(model.num_timesteps)})
+                    log.info("resuming phase %d (%s) at step %d", index, view, model.num_timesteps)
                 else:
                     model = self._new_or_warm_model(view, env, index)
                 remaining = total - model.num_timesteps
@@ -304,7 +301,7 @@ class TrainingRun:
                     self.state["best"] = figures
                     for v in VIEWS:
                         if self.policy_path(v).exists():
-                            (self.dir / f"best-{v}.safetensors").write_bytes(self.policy_path(v).read_bytes())
+                            atomic_write_bytes(self.dir / f"best-{v}.safetensors", self.policy_path(v).read_bytes())
                 self.state["phase"] = index + 1
                 self.save_state()
                 log.info("phase %d (%s, round %d): validation %.1f tokens/s (%s)", index, view, rnd,
@@ -324,6 +321,7 @@ class TrainingRun:
         if previous and self.phase_zip(previous[-1], view).exists():
             model = PPO.load(self.phase_zip(previous[-1], view), env=env, device="cpu")
             model.num_timesteps = 0  # a new phase: a fresh schedule over its own timesteps
+            model.set_random_seed(self.config.seed + index)  # the same in a straight and a resumed run
             return model
         activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[self.config.policy.activation]
         return PPO("MlpPolicy", env, seed=self.config.seed + index, device="cpu", verbose=0,

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ltd.corpus import Document, corpus_fingerprint, load_documents, split_documents
 from ltd.errors import PairError
-from ltd.paths import PACKAGE_DIR, atomic_write_json, ltd_home, sha256_file
+from ltd.paths import PACKAGE_DIR, atomic_write_json, ltd_home, replace_dir, settled_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,11 @@ def recipe_for(preset: str) -> Recipe:
 
 
 def pair_dir(preset: str) -> Path:
+    """The built pair's folder (or the previous one, if replacing it was interrupted)."""
+    return settled_dir(_pair_home(preset))
+
+
+def _pair_home(preset: str) -> Path:
     return ltd_home() / "pairs" / preset
 
 
@@ -537,7 +542,7 @@ def train_pair(recipe: Recipe, threads: int | None = None) -> Path:
                f"{recipe.name} draft")
 
     figures = evaluate_pair(target, draft, tokenizer, heldout_docs, recipe)
-    out = pair_dir(recipe.name)
+    out = _pair_home(recipe.name)
     staging = out.with_name(out.name + ".staging")
     if staging.exists():
         shutil.rmtree(staging)
@@ -564,9 +569,7 @@ def train_pair(recipe: Recipe, threads: int | None = None) -> Path:
         "build_seconds_this_run": round(time.time() - t0, 1),
     }
     atomic_write_json(staging / "pair.json", meta)
-    if out.exists():
-        shutil.rmtree(out)
-    staging.replace(out)
+    replace_dir(staging, out)
     # a sanity check that what was written loads back the standard way
     AutoModelForCausalLM.from_pretrained(out / "target")
     return out
@@ -582,14 +585,12 @@ def install_shipped(preset: str) -> Path:
     for rel, digest in shipped.items():
         if sha256_file(src / rel) != digest:
             raise PairError(f"shipped weights {src / rel} do not match their recorded hash: reinstall the package")
-    out = pair_dir(preset)
+    out = _pair_home(preset)
     staging = out.with_name(out.name + ".staging")
     if staging.exists():
         shutil.rmtree(staging)
     shutil.copytree(src, staging)
-    if out.exists():
-        shutil.rmtree(out)
-    staging.replace(out)
+    replace_dir(staging, out)
     return out
 
 
@@ -609,7 +610,8 @@ def ship_pair(preset: str) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = pair_dir(preset)
-    dst = SHIPPED_DIR / preset
+    out = SHIPPED_DIR / preset
+    dst = out.with_name(out.name + ".staging")
     if dst.exists():
         shutil.rmtree(dst)
     for part in ("target", "draft"):
@@ -633,4 +635,5 @@ def ship_pair(preset: str) -> Path:
     meta["shipped_hashes"] = weight_hashes(dst)
     meta["shipped_dtype"] = "float16"
     atomic_write_json(dst / "pair.json", meta)
-    return dst
+    replace_dir(dst, out)
+    return out

@@ -8,6 +8,7 @@ enough for every rejection branch.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,26 @@ def copy_pair(tmp_path_factory, micro_dir):
     from ltd.pair import load_pair
 
     return load_pair(make_random_pair(tmp_path_factory.mktemp("copy"), "llama", micro_dir, noise=0.0, seed=2))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def micro_spec(micro_dir, tmp_path_factory) -> Path:
+    """The shipped micro spec, copied so its cost model is fitted beside the copy."""
+    d = tmp_path_factory.mktemp("envs")
+    shutil.copy(ROOT / "envs" / "micro-code.yaml", d / "micro-code.yaml")
+    return d / "micro-code.yaml"
+
+
+@pytest.fixture(scope="session")
+def micro_run(micro_spec, tmp_path_factory):
+    """A short finished training run on the micro pair (one phase per view)."""
+    from ltd.train import TrainingRun, load_config
+
+    config = load_config(None, {"rounds": 0, "timesteps": {"width": 256, "depth": 256},
+                                "ppo": {"width": {"n_steps": 128}, "depth": {"n_steps": 128}}})
+    run = TrainingRun.create(micro_spec, config, tmp_path_factory.mktemp("export") / "run")
+    run.run()
+    return run

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import gymnasium as gym
@@ -12,14 +11,6 @@ import pytest
 from ltd.env import make_env
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def micro_spec(micro_dir, tmp_path_factory) -> Path:
-    """The shipped micro spec, copied so its cost model is fitted beside the copy."""
-    d = tmp_path_factory.mktemp("envs")
-    shutil.copy(ROOT / "envs" / "micro-code.yaml", d / "micro-code.yaml")
-    return d / "micro-code.yaml"
 
 
 @pytest.mark.parametrize("view", ["depth", "width"])

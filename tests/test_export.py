@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,19 +13,6 @@ import torch
 from ltd.export import BundleError, export_run, load_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def micro_run(micro_dir, tmp_path_factory):
-    from ltd.train import TrainingRun, load_config
-
-    d = tmp_path_factory.mktemp("export")
-    shutil.copy(ROOT / "envs" / "micro-code.yaml", d / "micro-code.yaml")
-    config = load_config(None, {"rounds": 0, "timesteps": {"width": 256, "depth": 256},
-                                "ppo": {"width": {"n_steps": 128}, "depth": {"n_steps": 128}}})
-    run = TrainingRun.create(d / "micro-code.yaml", config, d / "run")
-    run.run()
-    return run
 
 
 @pytest.fixture()

@@ -9,7 +9,7 @@ $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,ray]'
 	touch $(STAMP)
 
 demo: $(STAMP)  ## the main job on the built-in default pair
@@ -18,8 +18,10 @@ demo: $(STAMP)  ## the main job on the built-in default pair
 test: $(STAMP)  ## the test suite (slow tests left out; `$(PY) -m pytest -m slow` runs them)
 	$(PY) -m pytest
 
-bench: $(STAMP)  ## plain vs static vs best static tree on the tiny pair
-	$(VENV)/bin/ltd bench --pair tiny --methods ar,static,grid --json runs/bench/core.json
+bench: $(STAMP)  ## every method on held-out code and Spec-Bench, tiny pair, shipped policy
+	$(VENV)/bin/ltd bench --pair tiny --methods ar,hf_ar,hf_heuristic,hf_confidence,static,grid,partner,ltd,oracle \
+	    --policy policies/tiny-code --limit 30 --validation 8 --prompts heldout --prompts specbench \
+	    --json experiments/bench/bench.json
 
 clean:
 	rm -rf $(VENV) runs

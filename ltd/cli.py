@@ -175,10 +175,13 @@ def generate(pair_spec, prompt, prompts_file, depth, top_k, width, max_new_token
 @cli.command()
 @click.option("--pair", "pair_spec", default="tiny", show_default=True)
 @click.option("--methods", default="ar,static,grid", show_default=True)
-@click.option("--prompts", "prompts_file", default=None, help="JSON-lines prompts (default: the pair's held-out code).")
+@click.option("--prompts", "prompts_files", multiple=True,
+              help="A workload: JSON-lines prompts, `specbench`, `specbench:CATEGORY` or `heldout` (the pair's "
+                   "held-out code, the default); repeat for several.")
 @click.option("--limit", type=int, default=30, show_default=True, help="Test prompts.")
 @click.option("--validation", type=int, default=6, show_default=True, help="Prompts that choose the grid config.")
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--max-prompt-tokens", type=int, default=128, show_default=True, help="Prompts are cut to this.")
 @click.option("--static", "static_cfg", default=None, help="Static tree as DEPTH,TOP_K,WIDTH.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--draft-vocab", type=int, default=None, help="Draft proposes only the N most frequent tokens (0: all; default: the pair's setting).")
@@ -186,10 +189,10 @@ def generate(pair_spec, prompt, prompts_file, depth, top_k, width, max_new_token
 @click.option("--run", "run_dir", default=None, help="Training run whose policies are `ltd` (and spec `partner`).")
 @click.option("--policy", "policy_dir", default=None, help="Policy bundle that is `ltd` (its static partner: `partner`).")
 @click.option("--json", "json_out", default=None, help="Write the summary here (and .md, .png beside it).")
-def bench(pair_spec, methods, prompts_file, limit, validation, max_new_tokens, static_cfg, device, draft_vocab, backend,
+def bench(pair_spec, methods, prompts_files, limit, validation, max_new_tokens, max_prompt_tokens, static_cfg, device, draft_vocab, backend,
           run_dir, policy_dir, json_out):
     """Tokens/s of each method in one run, on held-out prompts, greedy."""
-    from ltd.bench import DEFAULT_STATIC, format_summary, load_workload, run_bench
+    from ltd.bench import DEFAULT_STATIC, format_summary, load_workload, run_workloads
     from ltd.controllers import StaticController
     from ltd.pair import load_pair
 
@@ -214,15 +217,17 @@ def bench(pair_spec, methods, prompts_file, limit, validation, max_new_tokens, s
         extra = {"ltd": bundle.controller(), "partner": StaticController(**bundle.manifest["partner"])}
         implied = bundle.engine_options()
     engine_options.update({k: v for k, v in implied.items() if engine_options.get(k) is None})
-    texts, workload = load_workload(p, prompts_file)
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     from ltd.bench import bench_split
 
-    val_texts, test_texts = bench_split(texts, validation if "grid" in method_list else 0, limit)
-    n_val = len(val_texts)
-    prompts = [p.encode(t) for t in val_texts + test_texts]
-    summary = run_bench(p, prompts, method_list, max_new_tokens=max_new_tokens, validation=n_val, static=static,
-                        json_out=json_out, workload=workload, engine_options=engine_options, extra=extra)
+    workloads = {}
+    max_prompt_tokens = min(max_prompt_tokens, p.max_context // 2)  # room to generate, even on tiny test models
+    for prompts_file in prompts_files or [None]:
+        texts, name = load_workload(p, prompts_file)
+        val_texts, test_texts = bench_split(texts, validation if "grid" in method_list else 0, limit)
+        workloads[name] = ([p.encode(t)[:max_prompt_tokens] for t in val_texts + test_texts], len(val_texts))
+    summary = run_workloads(p, workloads, method_list, json_out=json_out, max_new_tokens=max_new_tokens,
+                            static=static, engine_options=engine_options, extra=extra)
     click.echo(format_summary(summary))
 
 
@@ -254,7 +259,9 @@ def env_overhead_cmd(spec, cycles):
 @click.option("--pair", "pair_spec", default="tiny", show_default=True)
 @click.option("--tokens", type=int, default=20_000, show_default=True, help="Tokens to generate in all.")
 @click.option("--max-new-tokens", type=int, default=128, show_default=True, help="Per prompt.")
-@click.option("--prompts", "prompts_file", default=None, help="JSON-lines prompts (default: the pair's held-out code).")
+@click.option("--prompts", "prompts_files", multiple=True,
+              help="A workload: JSON-lines prompts, `specbench` or `specbench:CATEGORY`; repeat for several "
+                   "(default: the pair's held-out code).")
 @click.option("--policy", "policy_dir", default=None, help="A policy bundle (default: a static tree).")
 @_static_options
 @click.option("--json", "json_out", default=None, help="Write the figures here (and a .png plot beside it).")
@@ -309,8 +316,10 @@ def profile(spec, out):
                          draft_vocab=s.drafting.draft_vocab)
     path = Path(out) if out else s.cost_model_path
     model.save(path)
-    click.echo(f"{path}: draft {model.draft}, verify {model.verify}, overhead {model.overhead:.6f} s "
-               f"+ {model.expand_overhead:.6f} s per expansion, fit error {model.fit_error}")
+    ms = [round(1e3 * v, 4) for v in (*model.verify, model.tree, *model.draft, model.cold)]
+    click.echo(f"{path}: target pass {ms[0]} ms + {ms[1]} ms per token + {ms[2]} ms per context token; drafted "
+               f"cycle + {ms[3]} ms; expansion {ms[4]} ms + {ms[5]} ms per draft input token; plain step after a "
+               f"drafted cycle + {ms[6]} ms; fit {model.fit_error}")
 
 
 @cli.command()
@@ -348,6 +357,17 @@ def train(spec, config_path, run_dir, resume_dir, timesteps, rounds):
     best = state["best"] or {}
     click.echo(f"{run.dir}: best validation {best.get('tokens_per_s')} tokens/s ({best.get('clock')} clock) "
                f"after phase {best.get('phase')} ({best.get('view')}, round {best.get('round')})")
+
+
+@cli.command()
+@click.argument("sweep_file")
+@click.option("--out", default=None, help="Folder of the trials and the summary (default: runs/sweeps/<name>).")
+def sweep(sweep_file, out):
+    """Train, export and benchmark every point of a sweep file x seeds (Ray Tune); resumable."""
+    from ltd.sweep import markdown, run_sweep
+
+    summary = run_sweep(sweep_file, out)
+    click.echo(markdown(summary))
 
 
 @cli.command("export")

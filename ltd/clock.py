@@ -3,15 +3,16 @@
 * :class:`WallClock` reads ``time.perf_counter`` after synchronising the device, so on a GPU a
   reading covers the kernels launched before it, not only their launch. As a reward clock it
   charges a cycle what the engine measured.
-* :class:`CostClock` charges a cycle what a cost model, fitted on the actual pair and machine by
-  :func:`profile_pair` (``ltd profile``), predicts from what the cycle did: one draft forward per
-  expansion (by how many tokens it read), one target pass (by how many tokens it verified and how
-  long the context was), and a fixed bookkeeping cost. Deterministic, so training with it is
+* :class:`CostClock` charges a cycle what a cost model, fitted on real cycles of the actual pair
+  on this machine by :func:`profile_pair` (``ltd profile``), predicts from what the cycle did: a
+  cost per expansion (by how many tokens the draft read) and a cost per cycle (by how many tokens
+  the target verified and how long the context was). Deterministic, so training with it is
   reproducible and fast.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -51,27 +52,32 @@ def _finite_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+COST_MODEL_VERSION = 2
+
+
 @dataclass
 class CostModel:
-    """Seconds of a cycle = sum of draft expansions + one verification + bookkeeping.
+    """Seconds of a cycle on one pair and machine, from what the cycle did.
 
-    draft(n)      = draft[0] + draft[1] * n                         (n: tokens read)
-    verify(n, c)  = verify[0] + verify[1] * n + verify[2] * c      (n: tokens verified, c: context)
+    plain step (no draft):  verify(1, c) [+ cold, right after a drafted cycle]
+    drafted cycle:          sum of draft(n_i) over its expansions + verify(w + 1, c) + tree
 
-    The forwards are timed in isolation; what real cycles cost beyond them (tree bookkeeping, and
-    caches made cold by the other model) is fitted on real cycles as ``overhead`` per cycle plus
-    ``expand_overhead`` per expansion.
+    with ``draft(n) = draft[0] + draft[1] * n`` (n: tokens the draft read at that expansion),
+    ``verify(n, c) = verify[0] + verify[1] * n + verify[2] * c`` (n: tokens the target read, c:
+    context) and ``tree`` what a drafted cycle costs beyond its forwards (tree layout, masks, the
+    acceptance walk, and caches the draft made cold); ``cold`` is what a plain step costs more when
+    the cycle before it drafted. Fitted on real cycles by :func:`profile_pair`.
     """
 
     draft: list[float]
     verify: list[float]
-    overhead: float
-    expand_overhead: float = 0.0
+    tree: float = 0.0
+    cold: float = 0.0
     draft_vocab: int = 0  # the draft output columns the model was fitted with (0: full vocabulary)
     pair_fingerprint: str = ""
     hardware: dict = field(default_factory=dict)
     fit_error: dict = field(default_factory=dict)
-    version: int = 1
+    version: int = COST_MODEL_VERSION
 
     def draft_seconds(self, n: int) -> float:
         return self.draft[0] + self.draft[1] * n
@@ -79,10 +85,17 @@ class CostModel:
     def verify_seconds(self, n: int, context: int) -> float:
         return self.verify[0] + self.verify[1] * n + self.verify[2] * context
 
+    def predict(self, draft_inputs: list[int], width: int, context: int,
+                after_draft: bool = False) -> tuple[float, float]:
+        """(draft seconds, verify + tree seconds) of a cycle whose draft read ``draft_inputs`` tokens at
+        its expansions (none: a plain step) and whose target verified ``width`` tree nodes."""
+        if not draft_inputs:
+            return 0.0, self.verify_seconds(1, context) + (self.cold if after_draft else 0.0)
+        d = sum(self.draft_seconds(n) for n in draft_inputs)
+        return d, self.verify_seconds(width + 1, context) + self.tree
+
     def cycle_split(self, result) -> tuple[float, float]:
-        """(draft seconds, verify + bookkeeping seconds) the model predicts for what the cycle did."""
-        d = sum(self.draft_seconds(n) + self.expand_overhead for n in result.draft_inputs)
-        return d, self.verify_seconds(result.width + 1, result.context) + self.overhead
+        return self.predict(result.draft_inputs, result.width, result.context, result.after_draft)
 
     def cycle_seconds(self, result) -> float:
         return sum(self.cycle_split(result))
@@ -94,6 +107,9 @@ class CostModel:
     def load(cls, path: Path) -> CostModel:
         path = Path(path)
         data = read_json(path, "cost model", ConfigError, "run `ltd profile` for this spec first")
+        if isinstance(data, dict) and data.get("version") != COST_MODEL_VERSION:
+            raise ConfigError(f"cost model {path} has format version {data.get('version')!r}, this LTD reads "
+                              f"{COST_MODEL_VERSION}: run `ltd profile` again")
         try:
             model = cls(**data)
         except TypeError as exc:
@@ -101,7 +117,7 @@ class CostModel:
         number = _finite_number
         ok = (isinstance(model.draft, list) and isinstance(model.verify, list)
               and len(model.draft) == 2 and len(model.verify) == 3
-              and all(number(x) for x in [*model.draft, *model.verify, model.overhead, model.expand_overhead])
+              and all(number(x) for x in [*model.draft, *model.verify, model.tree, model.cold])
               and isinstance(model.draft_vocab, int) and isinstance(model.pair_fingerprint, str)
               and isinstance(model.hardware, dict) and isinstance(model.fit_error, dict))
         if not ok:
@@ -125,72 +141,73 @@ class CostClock:
         return self.model.cycle_seconds(result)
 
 
-def _median_time(fn, reps: int, clock: WallClock) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = clock.now()
-        fn()
-        times.append(clock.now() - t0)
-    return float(np.median(times))
+def cost_model_for(pair, top_k: int = 4, draft_vocab: int = 0) -> CostModel:
+    """The pair's cost model on this machine, fitted once and kept under ``$LTD_HOME/costs``."""
+    from ltd.paths import hardware, ltd_home
+
+    fp = pair.fingerprint()
+    path = ltd_home() / "costs" / f"{pair.name}-{fp[:12]}-v{draft_vocab}.cost.json"
+    here = hardware()
+    if path.exists():
+        model = CostModel.load(path)
+        if model.pair_fingerprint == fp and model.draft_vocab == draft_vocab and all(
+                model.hardware.get(k) == here.get(k) for k in ("processor", "torch_threads", "gpu")):
+            return model
+    logging.getLogger(__name__).info("fitting the cost model of %s on this machine: %s", pair.name, path)
+    model = profile_pair(pair, top_k=top_k, draft_vocab=draft_vocab)
+    model.save(path)
+    return model
 
 
 @torch.inference_mode()
-def profile_pair(pair, top_k: int = 4, draft_vocab: int | None = None, reps: int = 7, contexts: tuple[int, ...] = (32, 96, 160),
-                 verify_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32), draft_sizes: tuple[int, ...] = (1, 2, 4, 8)) -> CostModel:
-    """Time the pair's own forwards on this machine and fit the cost model by least squares."""
+def profile_pair(pair, top_k: int = 4, draft_vocab: int | None = None, cycles: int = 1200, seed: int = 0) -> CostModel:
+    """Fit the cost model on real cycles of ``pair`` on this machine.
+
+    Cycles of random shapes (plain steps, and trees of depth 1-6, top_k up to ``top_k``, widths up to
+    the tree's size) run on training prompts of the pair; each cycle's synchronised wall time is
+    regressed on what the model counts, robustly (soft-L1 loss: a burst of noise on a shared
+    machine moves the fit little), with non-negative coefficients. Fitting whole cycles, not each
+    forward alone, charges what the environment's cycles really cost, bookkeeping and cold caches
+    included.
+    """
+    from scipy.optimize import least_squares
+
     from ltd.controllers import StaticController
     from ltd.engine import SpecEngine
     from ltd.paths import hardware
-    from ltd.runtime import run_cycle
+    from ltd.runtime import read_prompts, run_cycle
+    from ltd.spec import SPLITS
 
     engine = SpecEngine(pair, draft_vocab=draft_vocab)
     clock = engine.clock
-    dev = engine.device
-    contexts = tuple(c for c in contexts if c + max(verify_sizes) + 2 < engine.max_context) or (8,)
-    gen = torch.Generator().manual_seed(0)
-    vocab = pair.target.config.vocab_size
-
-    def timed(runner, ctx: int, n: int) -> float:
-        runner.reset()
-        runner.forward(torch.randint(0, vocab, (ctx,), generator=gen).to(dev), rows="last")
-        ids = torch.randint(0, vocab, (n,), generator=gen).to(dev)
-        pos = torch.full((n,), ctx, device=dev)
-        visible = torch.ones(n, ctx + n, dtype=torch.bool, device=dev) if n > 1 else None
-
-        def step():
-            runner.forward(ids, pos, visible)
-            runner.truncate(ctx)
-        return _median_time(step, reps, clock)
-
-    rows_d, ys_d, rows_v, ys_v = [], [], [], []
-    for ctx in contexts:
-        for n in draft_sizes:
-            rows_d.append([1.0, n])
-            ys_d.append(timed(engine.draft, ctx, n))
-        for n in verify_sizes:
-            rows_v.append([1.0, n, ctx])
-            ys_v.append(timed(engine.target, ctx, n))
-    coef_d, *_ = np.linalg.lstsq(np.array(rows_d), np.array(ys_d), rcond=None)
-    coef_v, *_ = np.linalg.lstsq(np.array(rows_v), np.array(ys_v), rcond=None)
-    model = CostModel(draft=[float(x) for x in coef_d], verify=[float(x) for x in coef_v], overhead=0.0,
+    rng = np.random.default_rng(seed)
+    heldout = pair.target_path.parent / "prompts_heldout.jsonl"
+    cut = max(8, min(48, engine.max_context // 4))
+    texts = read_prompts(heldout)[SPLITS["train"][0]:] if heldout.exists() else []
+    prompts = [pair.encode(t)[:cut] for t in texts] or [
+        rng.integers(0, pair.target.config.vocab_size, cut).tolist() for _ in range(8)]
+    configs = [StaticController(0, 1, 0)]
+    for k in sorted({1, 2, top_k}):
+        for d in (1, 2, 3, 4, 6):
+            size = k + (d - 1) * k * k
+            configs += [StaticController(d, k, w) for w in sorted({1, d, k, 2 * k, 4 * k, size}) if w <= min(size, 32)]
+    rows, times = [], []
+    for i in range(len(prompts) * 100):
+        engine.reset(prompts[i % len(prompts)])
+        while engine.room > 24 and len(times) < cycles + 20:
+            t0 = clock.now()
+            r = run_cycle(engine, configs[int(rng.integers(len(configs)))])
+            times.append(clock.now() - t0)
+            rows.append([1.0, r.width + 1, r.context, float(bool(r.draft_inputs)), len(r.draft_inputs),
+                         sum(r.draft_inputs), float(not r.draft_inputs and r.after_draft)])
+        if len(times) >= cycles + 20:
+            break
+    x, y = np.array(rows[20:]), np.array(times[20:])  # the first cycles warm the caches up
+    start = np.clip(np.linalg.lstsq(x, y, rcond=None)[0], 0, None)
+    fit = least_squares(lambda b: x @ b - y, start, loss="soft_l1", f_scale=0.1 * float(np.median(y)),
+                        bounds=(0, np.inf))
+    b = [float(v) for v in fit.x]
+    model = CostModel(draft=[b[4], b[5]], verify=[b[0], b[1], b[2]], tree=b[3], cold=b[6],
                       draft_vocab=engine.draft_vocab_size, pair_fingerprint=pair.fingerprint(), hardware=hardware())
-
-    # bookkeeping: what real cycles cost beyond the modelled forwards
-    prompt = torch.randint(0, vocab, (contexts[0],), generator=gen).tolist()
-    rows, residuals = [], []
-    for cfg in ((0, 1, 0), (1, top_k, top_k), (2, top_k, 2 * top_k), (4, top_k, 3 * top_k), (3, 1, 3), (6, 2, 8)):
-        for _ in range(3):
-            engine.reset(prompt)
-            for _ in range(4):
-                t0 = clock.now()
-                r = run_cycle(engine, StaticController(*cfg))
-                rows.append([1.0, len(r.draft_inputs)])
-                residuals.append(clock.now() - t0 - model.cycle_seconds(r))
-    (cycle_o, expand_o), *_ = np.linalg.lstsq(np.array(rows), np.array(residuals), rcond=None)
-    model.overhead, model.expand_overhead = max(0.0, float(cycle_o)), max(0.0, float(expand_o))
-    pred_d = np.array(rows_d) @ coef_d
-    pred_v = np.array(rows_v) @ coef_v
-    model.fit_error = {"draft_rel": float(np.median(np.abs(pred_d - ys_d) / ys_d)),
-                       "verify_rel": float(np.median(np.abs(pred_v - ys_v) / ys_v))}
+    model.fit_error = {"cycle_rel_median": float(np.median(np.abs(x @ fit.x - y) / y)), "cycles": int(len(y))}
     return model

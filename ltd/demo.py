@@ -23,7 +23,7 @@ PROJECT = PACKAGE_DIR.parent
 
 
 def run_demo(out: Path, quick: bool = False, spec: str | None = None) -> Path:
-    from ltd.bench import format_summary, run_bench
+    from ltd.bench import format_summary, run_workloads
     from ltd.env import _cached_pair, workload_prompts
     from ltd.export import export_run, load_bundle
     from ltd.spec import load_spec
@@ -53,11 +53,11 @@ def run_demo(out: Path, quick: bool = False, spec: str | None = None) -> Path:
     validation = workload_prompts(s, pair, "validation")[: 4 if quick else 8]
     from ltd.controllers import StaticController
 
-    summary = run_bench(pair, validation + test, ["ar", "static", "grid", "partner", "ltd"],
-                        max_new_tokens=s.workload.max_new_tokens, validation=len(validation),
-                        json_out=out / "bench.json", workload="held-out code",
-                        engine_options=bundle.engine_options(),
-                        extra={"ltd": bundle.controller(), "partner": StaticController(**bundle.manifest["partner"])})
+    summary = run_workloads(pair, {"held-out code": (validation + test, len(validation))},
+                            ["ar", "static", "grid", "partner", "ltd"], json_out=out / "bench.json",
+                            max_new_tokens=s.workload.max_new_tokens, engine_options=bundle.engine_options(),
+                            extra={"ltd": bundle.controller(),
+                                   "partner": StaticController(**bundle.manifest["partner"])})
     click.echo(format_summary(summary))
     click.echo(f"total {time.perf_counter() - t0:.0f} s", err=True)
     shutil.copy(run_dir / "state.json", out / "training_state.json")

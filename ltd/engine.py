@@ -48,6 +48,7 @@ class CycleResult:
     verify_seconds: float
     draft_inputs: list[int] = field(default_factory=list)  # tokens the draft read at each expansion
     context: int = 0  # tokens before the cycle (the target's cached prefix + the root)
+    after_draft: bool = False  # the previous cycle of this sequence drafted (the target's caches are cold)
 
     @property
     def seconds(self) -> float:
@@ -197,6 +198,20 @@ class SpecEngine:
         return self.target.forward(root), [], [-1]
 
     @torch.inference_mode()
+    def peek(self) -> tuple[list[int], list[int]]:
+        """The target's greedy token after the root and after every tree node, without committing.
+
+        One tree-masked pass over the whole tree; its cache entries are dropped again, so the
+        engine is as before the pass (the tree stays). Returns (choices [n + 1], node tokens [n]):
+        ``choices[0]`` follows the root, ``choices[i + 1]`` node ``i``. A node's logits depend
+        only on its ancestors, so these are the choices any subset of the tree would get.
+        """
+        prefix = len(self.tokens) - 1
+        logits, node_tokens, _ = self.target_pass(len(self.tree) if self.tree is not None else 0)
+        self.target.truncate(prefix)
+        return logits.argmax(-1).tolist(), node_tokens
+
+    @torch.inference_mode()
     def verify(self, width: int) -> CycleResult:
         """Verify the best ``width`` nodes in one target pass, accept, and commit the result."""
         tree = self.tree if self.tree is not None else DraftTree(1, self.device)
@@ -238,6 +253,7 @@ class SpecEngine:
         t1 = self.clock.now()
         inputs = self.cycle_draft_inputs if depth else []
         result = CycleResult(new_tokens, len(path), depth, w, tree.top_k, len(tree),
-                             self.cycle_draft_seconds if depth else 0.0, t1 - t0, list(inputs), prefix + 1)
+                             self.cycle_draft_seconds if depth else 0.0, t1 - t0, list(inputs), prefix + 1,
+                             self.history.depth_last > 0)
         self.history.update(result)
         return result

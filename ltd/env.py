@@ -80,8 +80,13 @@ def workload_prompts(spec: EnvSpec, pair, split: str | None = None) -> list[list
 def reward_clock(spec: EnvSpec, pair, engine: SpecEngine):
     if spec.clock == "wall":
         return WallClock(engine.device)
+    from ltd.errors import ConfigError
+
     path = spec.cost_model_path
-    model = CostModel.load(path) if path.exists() else None
+    try:
+        model = CostModel.load(path) if path.exists() else None
+    except ConfigError:  # an older format or a damaged file: it is derived data, fit it again
+        model = None
     if (model is None or model.pair_fingerprint != pair.fingerprint()
             or model.draft_vocab != engine.draft_vocab_size):
         import logging
@@ -134,7 +139,7 @@ class _DecodingEnv(gym.Env):
         """Seconds of one plain decoding step at ``context`` on the reward clock."""
         if isinstance(self.clock, CostClock):
             m = self.clock.model
-            return m.verify_seconds(1, context) + m.overhead
+            return sum(m.predict([], 0, context))
         if self._plain_wall is None:
             self._plain_wall = self._measure_plain()
         return self._plain_wall

@@ -90,6 +90,7 @@ class PolicyController:
         self.static = static or StaticController(3, top_k, 8)
         self.decision_seconds = 0.0  # time spent deciding (features + networks), for overhead reports
         self.decisions = 0
+        self.trace: list | None = None  # when a list: (observation, depth, width) of each cycle, for plots
         self._cache_key: tuple | None = None
         self._cache_obs: np.ndarray | None = None
 
@@ -114,12 +115,17 @@ class PolicyController:
         return go
 
     def choose_width(self, engine) -> int:
+        if engine.tree is None or not len(engine.tree):
+            return 0  # nothing drafted: a plain step, whatever the width
         if self.width_policy is None:
-            return self.static.choose_width(engine)
-        t0 = time.perf_counter()
-        width = self.widths[self.width_policy.act(self.observe(engine))]
-        self.decision_seconds += time.perf_counter() - t0
-        self.decisions += 1
+            width = self.static.choose_width(engine)
+        else:
+            t0 = time.perf_counter()
+            width = self.widths[self.width_policy.act(self.observe(engine))]
+            self.decision_seconds += time.perf_counter() - t0
+            self.decisions += 1
+        if self.trace is not None:
+            self.trace.append((self.observe(engine), engine.tree.depth, width))
         return width
 
     @property

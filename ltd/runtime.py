@@ -5,6 +5,7 @@ The same :func:`run_cycle` drives every cycle here, in training environments and
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -112,12 +113,19 @@ SPEC_BENCH = Path(__file__).resolve().parent / "assets" / "data" / "spec_bench" 
 
 
 def read_spec_bench(category: str | None = None) -> list[str]:
-    """First turns of the vendored Spec-Bench questions, optionally of one category."""
+    """First turns of the vendored Spec-Bench questions, optionally of one category.
+
+    All categories come interleaved (one question of each in turn), so any prefix of the list
+    samples every category.
+    """
     rows = [json.loads(line) for line in SPEC_BENCH.read_text().splitlines() if line.strip()]
     cats = sorted({r["category"] for r in rows})
     if category is not None and category not in cats:
         raise PromptError(f"unknown Spec-Bench category {category!r}: choose one of {', '.join(cats)}")
-    return [r["turns"][0] for r in rows if category is None or r["category"] == category]
+    if category is not None:
+        return [r["turns"][0] for r in rows if r["category"] == category]
+    by_cat = [[r["turns"][0] for r in rows if r["category"] == c] for c in cats]
+    return [q for group in itertools.zip_longest(*by_cat) for q in group if q is not None]
 
 
 def read_prompts(path: str | Path) -> list[str]:

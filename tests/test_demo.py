@@ -21,5 +21,5 @@ def test_quick_demo_on_the_micro_pair(micro_dir, tmp_path):
         assert m["identical_to_ar"], name  # policies change speed, never text
         assert m["tokens_per_s"] > 0
     assert (tmp_path / "demo" / "bench.png").stat().st_size > 1000
-    assert (tmp_path / "demo" / "bench.md").read_text().startswith("| method")
+    assert "| method |" in (tmp_path / "demo" / "bench.md").read_text()
     assert (tmp_path / "demo" / "policy" / "manifest.json").exists()

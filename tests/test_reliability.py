@@ -221,8 +221,8 @@ def test_fuzzed_prompt_files_raise_only_ltd_errors(tmp_path, lines):
 def test_fuzzed_cost_models_raise_only_ltd_errors(tmp_path, data):
     from ltd.clock import CostModel
 
-    known = {"draft": [1e-3, 1e-4], "verify": [2e-3, 1e-4, 1e-7], "overhead": 1e-4, "expand_overhead": 1e-5,
-             "draft_vocab": 0, "pair_fingerprint": "abc", "hardware": {}, "fit_error": {}, "version": 1}
+    known = {"draft": [1e-3, 1e-4], "verify": [2e-3, 1e-4, 1e-7], "tree": 1e-4,
+             "draft_vocab": 0, "pair_fingerprint": "abc", "hardware": {}, "fit_error": {}, "version": 2}
     _only_ltd_errors(CostModel.load, tmp_path / "m.cost.json", data.draw(text_files(known, json.dumps)))
 
 

@@ -241,7 +241,7 @@ def plot_choices(choices: dict, path: Path) -> None:
         ax.scatter(obs[:, names.index(feat)], y + rng.uniform(-0.2, 0.2, len(y)), s=4, alpha=0.3)
         ax.set_xlabel(feat)
         ax.set_ylabel(f"chosen {what}")
-    fig.suptitle(f"ltd choices over {len(depth)} cycles", fontsize=9)
+    fig.suptitle(f"ltd choices, {len(depth)} of {choices.get('of_cycles', len(depth))} cycles", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -374,8 +374,9 @@ def run_bench(pair: Pair, prompts: list[list[int]], methods: list[str], max_new_
                    grid=grid_table)
     if trace:
         names = controllers["ltd"].features.names
-        summary["ltd_choices"] = {"features": list(names), "cycles": [
-            {"obs": [round(float(x), 4) for x in obs], "depth": d, "width": w} for obs, d, w in trace]}
+        step = max(1, len(trace) // 600)  # every step-th cycle: enough for the plot, a small file
+        summary["ltd_choices"] = {"features": list(names), "every": step, "of_cycles": len(trace), "cycles": [
+            {"obs": [round(float(x), 3) for x in obs], "depth": d, "width": w} for obs, d, w in trace[::step]]}
     return summary
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +110,11 @@ class CostModel:
         if isinstance(data, dict) and data.get("version") != COST_MODEL_VERSION:
             raise ConfigError(f"cost model {path} has format version {data.get('version')!r}, this LTD reads "
                               f"{COST_MODEL_VERSION}: run `ltd profile` again")
+        if not isinstance(data, dict):
+            raise ConfigError(f"cost model {path} is not a JSON object: run `ltd profile` again")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"cost model {path} has an unknown key {unknown[0]!r}: run `ltd profile` again")
         try:
             model = cls(**data)
         except TypeError as exc:

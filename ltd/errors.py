@@ -9,7 +9,14 @@ from __future__ import annotations
 
 
 class LtdError(Exception):
-    """A user-facing error: one line, names the problem and the fix."""
+    """A user-facing error: one line, names the problem and the fix.
+
+    Line breaks that reach a message from a file's contents (a key, a value) are escaped, so the
+    message stays one line whatever the file holds.
+    """
+
+    def __init__(self, message: str = ""):
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class PairError(LtdError):

@@ -116,8 +116,8 @@ class PolicyController:
 
     def choose_width(self, engine) -> int:
         if engine.tree is None or not len(engine.tree):
-            return 0  # nothing drafted: a plain step, whatever the width
-        if self.width_policy is None:
+            width = 0  # nothing drafted: a plain step, whatever the width (no decision to make)
+        elif self.width_policy is None:
             width = self.static.choose_width(engine)
         else:
             t0 = time.perf_counter()
@@ -125,7 +125,7 @@ class PolicyController:
             self.decision_seconds += time.perf_counter() - t0
             self.decisions += 1
         if self.trace is not None:
-            self.trace.append((self.observe(engine), engine.tree.depth, width))
+            self.trace.append((self.observe(engine), engine.tree.depth if engine.tree is not None else 0, width))
         return width
 
     @property

@@ -317,3 +317,9 @@ def test_no_loader_unpickles(micro_pair, micro_dir, micro_spec, bundle_template,
     CostModel.load(spec.cost_model_path)
     read_prompts(micro_dir / "prompts_heldout.jsonl")
     load_config(ROOT / "experiments" / "ppo.yaml")
+
+
+def test_error_messages_stay_one_line_whatever_a_file_holds():
+    from ltd.errors import ConfigError
+
+    assert str(ConfigError("unknown key 'a\nb\rc'")) == "unknown key 'a\\nb\\rc'"

@@ -197,11 +197,14 @@ def profile_pair(pair, top_k: int = 4, draft_vocab: int | None = None, cycles: i
             size = k + (d - 1) * k * k
             configs += [StaticController(d, k, w) for w in sorted({1, d, k, 2 * k, 4 * k, size}) if w <= min(size, 32)]
     rows, times = [], []
+    config = configs[0]
     for i in range(len(prompts) * 100):
         engine.reset(prompts[i % len(prompts)])
         while engine.room > 24 and len(times) < cycles + 20:
+            if rng.random() < 0.5:  # runs of one shape too: plain after plain, tree after tree
+                config = configs[int(rng.integers(len(configs)))] if rng.random() < 0.7 else configs[0]
             t0 = clock.now()
-            r = run_cycle(engine, configs[int(rng.integers(len(configs)))])
+            r = run_cycle(engine, config)
             times.append(clock.now() - t0)
             rows.append([1.0, r.width + 1, r.context, float(bool(r.draft_inputs)), len(r.draft_inputs),
                          sum(r.draft_inputs), float(not r.draft_inputs and r.after_draft)])

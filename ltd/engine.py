@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ltd.clock import WallClock
@@ -188,14 +189,16 @@ class SpecEngine:
         """
         tree = self.tree
         prefix = len(self.tokens) - 1
-        root = torch.tensor([self.tokens[-1]], device=self.device)
         if tree is not None and len(tree) and width > 0:
             layout = tree.verify_layout(width)
-            ids = torch.cat([root, layout.tokens])
-            pos = (prefix + layout.depths).to(self.device)
-            logits = self.target.forward(ids, pos, self._visible(layout.ancestors, prefix))
-            return logits, layout.tokens.tolist(), layout.parents
-        return self.target.forward(root), [], [-1]
+            ids = torch.tensor([self.tokens[-1], *layout.tokens], device=self.device)
+            pos = torch.tensor([prefix + d for d in layout.depths], device=self.device)
+            q = len(layout.depths)
+            mask = np.ones((q, prefix + q), dtype=bool)  # all of the prefix, then the tree's ancestors
+            mask[:, prefix:] = layout.ancestors
+            logits = self.target.forward(ids, pos, torch.from_numpy(mask).to(self.device))
+            return logits, layout.tokens, layout.parents
+        return self.target.forward(torch.tensor([self.tokens[-1]], device=self.device)), [], [-1]
 
     @torch.inference_mode()
     def peek(self) -> tuple[list[int], list[int]]:

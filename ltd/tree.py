@@ -16,18 +16,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
 @dataclass
 class VerifyLayout:
-    """What one tree-masked target pass needs; index 0 is the root."""
+    """What one tree-masked target pass needs; index 0 is the root.
 
-    nodes: torch.Tensor  # [w] global indices of the chosen nodes, ascending
-    tokens: torch.Tensor  # [w] their token ids
-    depths: torch.Tensor  # [w + 1] depth of root (0) and of each node
+    Plain lists and a NumPy mask: the tree is tens of nodes, where each small torch op would cost
+    more than the arithmetic (this runs once per cycle, inside the timed loop).
+    """
+
+    nodes: list[int]  # [w] global indices of the chosen nodes, ascending
+    tokens: list[int]  # [w] their token ids
+    depths: list[int]  # [w + 1] depth of root (0) and of each node
     parents: list[int]  # [w + 1] local parent index (-1 for the root)
-    ancestors: torch.Tensor  # [w + 1, w + 1] bool, row i sees column j
+    ancestors: np.ndarray  # [w + 1, w + 1] bool, row i sees column j
 
 
 class DraftTree:
@@ -125,24 +130,17 @@ class DraftTree:
         return order.sort().values
 
     def verify_layout(self, width: int) -> VerifyLayout:
-        nodes = self.select(width)
-        w = int(nodes.numel())
-        local = torch.full((len(self) + 1,), -1, dtype=torch.long)
-        nodes_cpu = nodes.cpu()
-        local[nodes_cpu] = torch.arange(1, w + 1)
-        parents_global = self.parents[nodes].cpu()
-        # root children have parent -1 -> local[-1] is the slot for "root" below
-        local[-1] = 0
-        local_parent = torch.cat([torch.tensor([-1]), local[parents_global]])
-        anc = torch.eye(w + 1, dtype=torch.bool)
+        """The best ``width`` nodes (as :meth:`select`) laid out for the target's pass."""
+        scores = self.scores.tolist()
+        width = max(0, min(width, len(scores)))
+        # sorted() stays stable with reverse=True: among equal scores the older node first, as select()
+        nodes = sorted(sorted(range(len(scores)), key=scores.__getitem__, reverse=True)[:width])
+        parents, tokens, depths = self.parents.tolist(), self.tokens.tolist(), self.node_depths.tolist()
+        local = {g: i + 1 for i, g in enumerate(nodes)}
+        local_parent = [-1] + [local[parents[g]] if parents[g] >= 0 else 0 for g in nodes]
+        anc = np.zeros((width + 1, width + 1), dtype=bool)
         anc[:, 0] = True
-        cur = local_parent.clone()
-        rows = torch.arange(w + 1)
-        for _ in range(self.depth):
-            ok = cur > 0
-            if not bool(ok.any()):
-                break
-            anc[rows[ok], cur[ok]] = True
-            cur = torch.where(ok, local_parent[cur.clamp(min=0)], cur)
-        depths = torch.cat([torch.zeros(1, dtype=torch.long), self.node_depths[nodes].cpu()])
-        return VerifyLayout(nodes, self.tokens[nodes], depths, local_parent.tolist(), anc)
+        for i in range(1, width + 1):  # parents come first: a row is its parent's row plus itself
+            anc[i] = anc[local_parent[i]]
+            anc[i, i] = True
+        return VerifyLayout(nodes, [tokens[g] for g in nodes], [0] + [depths[g] for g in nodes], local_parent, anc)

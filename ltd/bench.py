@@ -35,6 +35,7 @@ from ltd.engine import SpecEngine
 from ltd.errors import ConfigError
 from ltd.pair import Pair
 from ltd.paths import atomic_write_bytes, atomic_write_json, hardware
+from ltd.plotting import pyplot
 from ltd.runtime import Generation, generate_ids
 from ltd.stats import paired_ratio
 
@@ -191,18 +192,9 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot(summary: dict, path: Path, title: str) -> None:
     """Tokens/s by method, one group of bars per workload, speedups over ``ar`` annotated."""
-    plt = _plt()
+    plt = pyplot()
     workloads = summary.get("workloads") or {summary.get("workload", "workload"): summary}
     names = list(next(iter(workloads.values()))["methods"])
     fig, ax = plt.subplots(figsize=(min(13.0, 2.0 + 0.6 * len(names) * len(workloads)), 3.8))
@@ -228,7 +220,7 @@ def plot(summary: dict, path: Path, title: str) -> None:
 
 def plot_choices(choices: dict, path: Path) -> None:
     """The learned policies' depth and width per cycle against the features they saw."""
-    plt = _plt()
+    plt = pyplot()
     names = choices["features"]
     obs = np.array([c["obs"] for c in choices["cycles"]])
     depth = np.array([c["depth"] for c in choices["cycles"]])
@@ -420,7 +412,7 @@ def format_summary(summary: dict) -> str:
 def env_overhead(spec_path: str | Path, cycles: int = 300, repeats: int = 4) -> dict:
     """Wall time per cycle of the width environment (features, reward clock, bookkeeping included)
     against the bare runtime loop, both taking the spec's static partner choices on the same prompts."""
-    from ltd.env import make_env
+    from ltd.env import make_env, sequence_ended
     from ltd.runtime import run_cycle
 
     env = make_env(spec_path, "width")
@@ -429,8 +421,6 @@ def env_overhead(spec_path: str | Path, cycles: int = 300, repeats: int = 4) -> 
     controller = StaticController(s.partner.depth, s.drafting.top_k, env.widths[action])
     engine = SpecEngine(env.pair, max_depth=s.drafting.max_depth, draft_vocab=s.drafting.draft_vocab)
     prompts = env.prompts
-
-    eos = env.pair.eos_token_id
 
     def bare() -> float:
         """The same cycles as the environment's: its prompt order (the seed-0 generator it draws
@@ -446,7 +436,7 @@ def env_overhead(spec_path: str | Path, cycles: int = 300, repeats: int = 4) -> 
                 r = run_cycle(engine, controller)
                 done += 1
                 made += len(r.new_tokens)
-                if made >= s.workload.max_new_tokens or engine.room <= 0 or eos in r.new_tokens:
+                if sequence_ended(engine, made, s.workload.max_new_tokens, r.new_tokens):
                     break
         return (time.perf_counter() - t0) / cycles
 

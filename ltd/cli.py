@@ -64,10 +64,11 @@ def pair_build(preset: str | None, rebuild: bool, recipe_file: str | None) -> No
     if (preset is None) == (recipe_file is None):
         raise LtdError("give --preset NAME or --recipe FILE.json")
     if recipe_file:
-        try:
-            data = json.loads(open(recipe_file).read())
-        except (OSError, ValueError) as exc:
-            raise LtdError(f"cannot read recipe {recipe_file}: {exc}")
+        from ltd.paths import read_json
+
+        data = read_json(recipe_file, "recipe", LtdError, "give the JSON of a build's recipe.json")
+        if not isinstance(data, dict):
+            raise LtdError(f"recipe {recipe_file} must be a JSON object (see a build's recipe.json)")
         recipe = Recipe.from_dict(data)
         out = train_pair(recipe)
         preset = recipe.name
@@ -214,7 +215,7 @@ def bench(pair_spec, methods, prompts_files, limit, validation, max_new_tokens, 
         from ltd.export import load_bundle
 
         bundle = load_bundle(policy_dir, p)
-        extra = {"ltd": bundle.controller(), "partner": StaticController(**bundle.manifest["partner"])}
+        extra = bundle.bench_controllers()
         implied = bundle.engine_options()
     engine_options.update({k: v for k, v in implied.items() if engine_options.get(k) is None})
     method_list = [m.strip() for m in methods.split(",") if m.strip()]

@@ -52,6 +52,8 @@ def _finite_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+log = logging.getLogger(__name__)
+
 COST_MODEL_VERSION = 2
 
 
@@ -119,10 +121,9 @@ class CostModel:
             model = cls(**data)
         except TypeError as exc:
             raise ConfigError(f"cost model {path} is not a valid cost model ({exc}): run `ltd profile` again")
-        number = _finite_number
         ok = (isinstance(model.draft, list) and isinstance(model.verify, list)
               and len(model.draft) == 2 and len(model.verify) == 3
-              and all(number(x) for x in [*model.draft, *model.verify, model.tree, model.cold])
+              and all(_finite_number(x) for x in [*model.draft, *model.verify, model.tree, model.cold])
               and isinstance(model.draft_vocab, int) and isinstance(model.pair_fingerprint, str)
               and isinstance(model.hardware, dict) and isinstance(model.fit_error, dict))
         if not ok:
@@ -146,22 +147,35 @@ class CostClock:
         return self.model.cycle_seconds(result)
 
 
+def cost_model_at(path: Path, pair, top_k: int, draft_vocab: int, other_hardware: str = "warn") -> CostModel:
+    """The cost model saved at ``path`` if it was fitted for this pair and draft vocabulary (0: full),
+    else one fitted now and saved there. Fitted on other hardware: ``warn`` and use it, or ``refit``."""
+    from ltd.paths import hardware
+
+    path = Path(path)
+    try:
+        model = CostModel.load(path) if path.exists() else None
+    except ConfigError:  # an older format or a damaged file: it is derived data, fit it again
+        model = None
+    here = hardware()
+    moved = model is not None and any(model.hardware.get(k) != here.get(k) for k in ("processor", "torch_threads", "gpu"))
+    if (model is None or model.pair_fingerprint != pair.fingerprint() or model.draft_vocab != draft_vocab
+            or (moved and other_hardware == "refit")):
+        log.warning("fitting the cost model of %s on this machine (ltd profile): %s", pair.name, path)
+        model = profile_pair(pair, top_k=top_k, draft_vocab=draft_vocab)
+        model.save(path)
+    elif moved:
+        log.warning("cost model %s was fitted on other hardware (%s); run `ltd profile` to fit it here",
+                    path, model.hardware)
+    return model
+
+
 def cost_model_for(pair, top_k: int = 4, draft_vocab: int = 0) -> CostModel:
     """The pair's cost model on this machine, fitted once and kept under ``$LTD_HOME/costs``."""
-    from ltd.paths import hardware, ltd_home
+    from ltd.paths import ltd_home
 
-    fp = pair.fingerprint()
-    path = ltd_home() / "costs" / f"{pair.name}-{fp[:12]}-v{draft_vocab}.cost.json"
-    here = hardware()
-    if path.exists():
-        model = CostModel.load(path)
-        if model.pair_fingerprint == fp and model.draft_vocab == draft_vocab and all(
-                model.hardware.get(k) == here.get(k) for k in ("processor", "torch_threads", "gpu")):
-            return model
-    logging.getLogger(__name__).info("fitting the cost model of %s on this machine: %s", pair.name, path)
-    model = profile_pair(pair, top_k=top_k, draft_vocab=draft_vocab)
-    model.save(path)
-    return model
+    path = ltd_home() / "costs" / f"{pair.name}-{pair.fingerprint()[:12]}-v{draft_vocab}.cost.json"
+    return cost_model_at(path, pair, top_k, draft_vocab, other_hardware="refit")
 
 
 @torch.inference_mode()

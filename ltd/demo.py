@@ -51,13 +51,11 @@ def run_demo(out: Path, quick: bool = False, spec: str | None = None) -> Path:
     click.echo("[4/4] benchmark", err=True)
     test = workload_prompts(s, pair, "test")[: 12 if quick else 40]
     validation = workload_prompts(s, pair, "validation")[: 4 if quick else 8]
-    from ltd.controllers import StaticController
 
     summary = run_workloads(pair, {"held-out code": (validation + test, len(validation))},
                             ["ar", "static", "grid", "partner", "ltd"], json_out=out / "bench.json",
                             max_new_tokens=s.workload.max_new_tokens, engine_options=bundle.engine_options(),
-                            extra={"ltd": bundle.controller(),
-                                   "partner": StaticController(**bundle.manifest["partner"])})
+                            extra=bundle.bench_controllers())
     click.echo(format_summary(summary))
     click.echo(f"total {time.perf_counter() - t0:.0f} s", err=True)
     shutil.copy(run_dir / "state.json", out / "training_state.json")

@@ -48,7 +48,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from ltd.clock import CostClock, CostModel, WallClock
+from ltd.clock import CostClock, WallClock
 from ltd.controllers import Controller, StaticController
 from ltd.engine import CycleResult, SpecEngine
 from ltd.features import FeatureView, resolve_feature_set
@@ -56,6 +56,12 @@ from ltd.runtime import draft
 from ltd.spec import EnvSpec, load_spec, split_prompts
 
 STOP, CONTINUE = 0, 1
+
+
+def sequence_ended(engine: SpecEngine, generated: int, max_new_tokens: int, new_tokens: list[int]) -> bool:
+    """Where the environments end a sequence: ``max_new_tokens`` reached, EOS, or the context full."""
+    eos = engine.pair.eos_token_id
+    return generated >= max_new_tokens or engine.room <= 0 or (eos is not None and eos in new_tokens)
 
 
 @functools.lru_cache(maxsize=4)
@@ -78,35 +84,12 @@ def workload_prompts(spec: EnvSpec, pair, split: str | None = None) -> list[list
 
 
 def reward_clock(spec: EnvSpec, pair, engine: SpecEngine):
+    """The spec's clock: wall time, or the cost model beside the spec (fitted there when missing or stale)."""
     if spec.clock == "wall":
         return WallClock(engine.device)
-    from ltd.errors import ConfigError
+    from ltd.clock import cost_model_at
 
-    path = spec.cost_model_path
-    try:
-        model = CostModel.load(path) if path.exists() else None
-    except ConfigError:  # an older format or a damaged file: it is derived data, fit it again
-        model = None
-    if (model is None or model.pair_fingerprint != pair.fingerprint()
-            or model.draft_vocab != engine.draft_vocab_size):
-        import logging
-
-        from ltd.clock import profile_pair
-
-        logging.getLogger(__name__).warning("fitting the cost model of %s on this machine (ltd profile): %s",
-                                            pair.name, path)
-        model = profile_pair(pair, top_k=spec.drafting.top_k, draft_vocab=spec.drafting.draft_vocab)
-        model.save(path)
-    else:
-        from ltd.paths import hardware
-
-        here = hardware()
-        if any(model.hardware.get(k) != here.get(k) for k in ("processor", "torch_threads", "gpu")):
-            import logging
-
-            logging.getLogger(__name__).warning("cost model %s was fitted on other hardware (%s); run `ltd profile` "
-                                                "to fit it here", path, model.hardware)
-    return CostClock(model)
+    return CostClock(cost_model_at(spec.cost_model_path, pair, spec.drafting.top_k, engine.draft_vocab_size))
 
 
 class _DecodingEnv(gym.Env):
@@ -177,9 +160,7 @@ class _DecodingEnv(gym.Env):
         else:
             reward = float(tokens)
         self._generated += tokens
-        eos = self.pair.eos_token_id
-        if (self._generated >= self.config.workload.max_new_tokens or self.engine.room <= 0
-                or (eos is not None and eos in r.new_tokens)):
+        if sequence_ended(self.engine, self._generated, self.config.workload.max_new_tokens, r.new_tokens):
             self._done = True
         info = {"accepted": r.accepted, "tokens": tokens, "depth": r.depth, "width": r.width,
                 "draft_seconds": draft_s, "verify_seconds": verify_s, "seconds": seconds,

@@ -102,13 +102,20 @@ class Bundle:
     manifest: dict
     policies: dict[str, MLPPolicy]
 
-    def controller(self) -> PolicyController:
-        m = self.manifest
+    def partner(self):
+        """The static tree the policies were trained against (their baseline)."""
         from ltd.controllers import StaticController
 
-        static = StaticController(**m["partner"])
+        return StaticController(**self.manifest["partner"])
+
+    def controller(self) -> PolicyController:
+        m = self.manifest
         return PolicyController(FeatureView(tuple(m["features"]["names"])), m["actions"]["widths"],
-                                m["engine"]["top_k"], self.policies["depth"], self.policies["width"], static)
+                                m["engine"]["top_k"], self.policies["depth"], self.policies["width"], self.partner())
+
+    def bench_controllers(self) -> dict:
+        """``ltd`` and ``partner``, as the benchmark names them."""
+        return {"ltd": self.controller(), "partner": self.partner()}
 
     def engine_options(self) -> dict:
         e = self.manifest["engine"]

@@ -49,7 +49,8 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def _read_text(path: Path, what: str, error: type[Exception], fix: str) -> str:
+def read_text(path: Path, what: str, error: type[Exception], fix: str) -> str:
+    """The UTF-8 text in ``path``; a missing, unreadable or undecodable file raises ``error`` in one line."""
     path = Path(path)
     if not path.is_file():
         raise error(f"{what} {path} does not exist: {fix}")
@@ -63,7 +64,7 @@ def _read_text(path: Path, what: str, error: type[Exception], fix: str) -> str:
 
 def read_json(path: Path, what: str, error: type[Exception], fix: str) -> Any:
     """The JSON in ``path``; a missing, unreadable or invalid file raises ``error`` in one line."""
-    text = _read_text(path, what, error, fix)
+    text = read_text(path, what, error, fix)
     try:
         return json.loads(text)
     except ValueError as exc:
@@ -74,7 +75,7 @@ def read_yaml(path: Path, what: str, error: type[Exception], fix: str) -> Any:
     """The YAML in ``path``, read with ``yaml.safe_load`` (plain data: never objects or code)."""
     import yaml
 
-    text = _read_text(path, what, error, fix)
+    text = read_text(path, what, error, fix)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -14,6 +14,7 @@ from ltd.controllers import Controller, StaticController
 from ltd.engine import CycleResult, SpecEngine
 from ltd.errors import PromptError
 from ltd.pair import Pair, load_pair
+from ltd.paths import read_text
 
 
 def draft(engine: SpecEngine, controller: Controller) -> None:
@@ -134,13 +135,9 @@ def read_prompts(path: str | Path) -> list[str]:
     if isinstance(path, str) and (path == "specbench" or path.startswith("specbench:")):
         return read_spec_bench(path.partition(":")[2] or None)
     path = Path(path)
-    if not path.exists():
-        raise PromptError(f"prompt file {path} does not exist: give a JSON-lines file with one {{\"prompt\": ...}} per line")
+    lines = read_text(path, "prompt file", PromptError,
+                      'give a JSON-lines file with one {"prompt": ...} per line').splitlines()
     prompts = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PromptError(f"cannot read prompt file {path}: {exc}")
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue

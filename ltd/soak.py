@@ -56,10 +56,9 @@ def soak(engine: SpecEngine, prompts: list[list[int]], controller: Controller, t
 
 
 def plot(report: SoakReport, path) -> None:
-    import matplotlib
+    from ltd.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(report.tokens, report.rss_mb, marker=".", lw=1)

@@ -1,4 +1,4 @@
-"""Small statistics for benchmark reports: paired ratios with confidence intervals."""
+"""Small statistics for reports: paired ratios and means over seeds, with confidence intervals."""
 
 from __future__ import annotations
 
@@ -24,3 +24,15 @@ def paired_ratio(a: list[float], b: list[float], confidence: float = 0.95) -> di
         return {"ratio": math.exp(mean), "lo": float("nan"), "hi": float("nan"), "n": 1}
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * logs.std(ddof=1) / math.sqrt(n))
     return {"ratio": math.exp(mean), "lo": math.exp(mean - half), "hi": math.exp(mean + half), "n": n}
+
+
+def mean_ci(values: list[float], confidence: float = 0.95) -> dict:
+    """Mean of independent runs (seeds) with a t-interval; missing values (None, NaN) left out."""
+    x = np.array([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if x.size == 0:
+        return {"mean": None, "lo": None, "hi": None, "n": 0}
+    mean = float(x.mean())
+    if x.size == 1:
+        return {"mean": mean, "lo": None, "hi": None, "n": 1}
+    half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": int(x.size)}

@@ -25,17 +25,16 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ltd.errors import ConfigError
 from ltd.paths import atomic_write_bytes, atomic_write_json, read_yaml
+from ltd.stats import mean_ci
 
 log = logging.getLogger(__name__)
 METRICS = ("ltd_vs_partner", "ltd_speedup", "partner_speedup", "ltd_tokens_per_s", "validation_tokens_per_s",
@@ -141,7 +140,6 @@ def prepare_trial(sweep: SweepSpec, base: Path, point: dict[str, Any], seed: int
 def run_trial(trial: Path, bench: BenchOptions) -> dict[str, float]:
     """Train (or resume), export and benchmark one trial; its figures."""
     from ltd.bench import run_workloads
-    from ltd.controllers import StaticController
     from ltd.env import _cached_pair, workload_prompts
     from ltd.export import export_run, load_bundle
     from ltd.spec import load_spec
@@ -163,8 +161,7 @@ def run_trial(trial: Path, bench: BenchOptions) -> dict[str, float]:
         prompts = workload_prompts(s, pair, "test")[: bench.prompts]
         summary = run_workloads(pair, {"test": (prompts, 0)}, ["ar", "partner", "ltd"],
                                 max_new_tokens=bench.max_new_tokens, engine_options=bundle.engine_options(),
-                                extra={"ltd": bundle.controller(),
-                                       "partner": StaticController(**bundle.manifest["partner"])})
+                                extra=bundle.bench_controllers())
         summary.pop("workloads", None)
         atomic_write_json(summary_path, summary)
     summary = json.loads(summary_path.read_text())
@@ -234,19 +231,6 @@ def _ensure_cost_model(trial: Path) -> None:
         reward_clock(s, pair, SpecEngine(pair, max_depth=s.drafting.max_depth, draft_vocab=s.drafting.draft_vocab))
 
 
-def mean_ci(values: list[float], confidence: float = 0.95) -> dict:
-    from scipy import stats
-
-    x = np.array([v for v in values if v is not None and not math.isnan(v)], dtype=float)
-    if x.size == 0:
-        return {"mean": None, "lo": None, "hi": None, "n": 0}
-    mean = float(x.mean())
-    if x.size == 1:
-        return {"mean": mean, "lo": None, "hi": None, "n": 1}
-    half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": int(x.size)}
-
-
 def summarize_sweep(sweep: SweepSpec, rows: list[dict]) -> dict:
     points = []
     for point in sweep.points():
@@ -279,10 +263,9 @@ def markdown(summary: dict) -> str:
 
 
 def plot(summary: dict, path: Path) -> None:
-    import matplotlib
+    from ltd.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     labels = [", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in p["point"].items()) or "base"
               for p in summary["points"]]

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from ltd.errors import ConfigError
-from ltd.sweep import load_sweep, mean_ci
+from ltd.stats import mean_ci
+from ltd.sweep import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,8 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)  ## the main job on the built-in default pair
 	$(VENV)/bin/ltd demo
 
-test: $(STAMP)  ## the test suite (slow tests left out; `$(PY) -m pytest -m slow` runs them)
+test: $(STAMP)  ## lint, then the test suite (slow tests left out; `$(PY) -m pytest -m slow` runs them)
+	$(VENV)/bin/ruff check ltd tests
 	$(PY) -m pytest
 
 bench: $(STAMP)  ## every method on held-out code and Spec-Bench, tiny pair, shipped policy

@@ -53,11 +53,12 @@ def pair() -> None:
 
 
 @pair.command("build")
-@click.option("--preset", default=None, help="micro (seconds, for tests) or tiny (the default pair).")
+@click.option("--preset", default=None, help="micro (seconds, for tests), tiny (the default pair) or small (for a GPU).")
 @click.option("--rebuild", is_flag=True, help="Train from the recipe instead of installing shipped weights (resumes).")
 @click.option("--recipe", "recipe_file", default=None,
               help="Train from a recipe JSON file instead (e.g. a build's recipe.json); resumes its build.")
-def pair_build(preset: str | None, rebuild: bool, recipe_file: str | None) -> None:
+@click.option("--device", default="cpu", show_default=True, help="Where to train (cuda: seconds for a small pair).")
+def pair_build(preset: str | None, rebuild: bool, recipe_file: str | None, device: str) -> None:
     """Make a built-in pair available under $LTD_HOME/pairs/NAME."""
     from ltd.zoo import Recipe, build_pair, train_pair
 
@@ -70,10 +71,10 @@ def pair_build(preset: str | None, rebuild: bool, recipe_file: str | None) -> No
         if not isinstance(data, dict):
             raise LtdError(f"recipe {recipe_file} must be a JSON object (see a build's recipe.json)")
         recipe = Recipe.from_dict(data)
-        out = train_pair(recipe)
+        out = train_pair(recipe, device=device)
         preset = recipe.name
     else:
-        out = build_pair(preset, rebuild=rebuild)
+        out = build_pair(preset, rebuild=rebuild, device=device)
     meta = json.loads((out / "pair.json").read_text())
     q = meta.get("quality", {})
     click.echo(f"{preset}: {out}")
@@ -185,12 +186,14 @@ def generate(pair_spec, prompt, prompts_file, depth, top_k, width, max_new_token
 @click.option("--max-prompt-tokens", type=int, default=128, show_default=True, help="Prompts are cut to this.")
 @click.option("--static", "static_cfg", default=None, help="Static tree as DEPTH,TOP_K,WIDTH.")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("--draft-vocab", type=int, default=None, help="Draft proposes only the N most frequent tokens (0: all; default: the pair's setting).")
 @click.option("--backend", type=click.Choice(["auto", "fast", "hf"]), default="auto", show_default=True)
 @click.option("--run", "run_dir", default=None, help="Training run whose policies are `ltd` (and spec `partner`).")
 @click.option("--policy", "policy_dir", default=None, help="Policy bundle that is `ltd` (its static partner: `partner`).")
 @click.option("--json", "json_out", default=None, help="Write the summary here (and .md, .png beside it).")
-def bench(pair_spec, methods, prompts_files, limit, validation, max_new_tokens, max_prompt_tokens, static_cfg, device, draft_vocab, backend,
+def bench(pair_spec, methods, prompts_files, limit, validation, max_new_tokens, max_prompt_tokens, static_cfg, device, dtype, draft_vocab,
+          backend,
           run_dir, policy_dir, json_out):
     """Tokens/s of each method in one run, on held-out prompts, greedy."""
     from ltd.bench import DEFAULT_STATIC, format_summary, load_workload, run_workloads
@@ -205,7 +208,7 @@ def bench(pair_spec, methods, prompts_files, limit, validation, max_new_tokens, 
             raise LtdError(f"bad --static {static_cfg!r}: write DEPTH,TOP_K,WIDTH, e.g. 4,4,12")
         static = StaticController(d, k, w)
     extra, engine_options = {}, {"draft_vocab": draft_vocab, "backend": backend}
-    p = load_pair(pair_spec, device=device)
+    p = load_pair(pair_spec, device=device, dtype=dtype)
     implied: dict = {}
     if run_dir:
         from ltd.bench import run_controllers
@@ -313,7 +316,7 @@ def profile(spec, out):
     from ltd.spec import load_spec
 
     s = load_spec(spec)
-    model = profile_pair(load_pair(s.pair_spec, device=s.device), top_k=s.drafting.top_k,
+    model = profile_pair(load_pair(s.pair_spec, device=s.torch_device, dtype=s.dtype), top_k=s.drafting.top_k,
                          draft_vocab=s.drafting.draft_vocab)
     path = Path(out) if out else s.cost_model_path
     model.save(path)
@@ -330,7 +333,10 @@ def profile(spec, out):
 @click.option("--resume", "resume_dir", default=None, help="Continue the run in this folder (made by you).")
 @click.option("--timesteps", default=None, help="Override steps per phase, e.g. depth=2048,width=1024.")
 @click.option("--rounds", type=int, default=None, help="Override the number of co-adaptive rounds.")
-def train(spec, config_path, run_dir, resume_dir, timesteps, rounds):
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Roll out on this many Ray actors (pip install 'ltd[ray]'); 0: the local vector env.")
+@click.option("--ray-address", default=None, help="A running Ray cluster (default: start a local Ray).")
+def train(spec, config_path, run_dir, resume_dir, timesteps, rounds, workers, ray_address):
     """Co-adaptive PPO training of the depth and width policies on SPEC."""
     from pathlib import Path
 
@@ -338,6 +344,7 @@ def train(spec, config_path, run_dir, resume_dir, timesteps, rounds):
 
     if resume_dir:
         run = TrainingRun.resume(resume_dir)
+        run.scale(workers, ray_address)
         click.echo(f"resuming {resume_dir}: its stable-baselines3 checkpoints are loaded (only resume runs you made)",
                    err=True)
     else:
@@ -351,6 +358,10 @@ def train(spec, config_path, run_dir, resume_dir, timesteps, rounds):
                 raise LtdError(f"bad --timesteps {timesteps!r}: write depth=N,width=M")
         if rounds is not None:
             overrides["rounds"] = rounds
+        if workers is not None:
+            overrides["workers"] = workers
+        if ray_address is not None:
+            overrides["ray_address"] = ray_address
         config = load_config(config_path if Path(config_path).exists() or config_path != "experiments/ppo.yaml"
                              else None, overrides)
         run = TrainingRun.create(spec, config, run_dir)
@@ -358,6 +369,35 @@ def train(spec, config_path, run_dir, resume_dir, timesteps, rounds):
     best = state["best"] or {}
     click.echo(f"{run.dir}: best validation {best.get('tokens_per_s')} tokens/s ({best.get('clock')} clock) "
                f"after phase {best.get('phase')} ({best.get('view')}, round {best.get('round')})")
+
+
+@cli.command()
+@click.argument("spec")
+@click.option("--view", type=click.Choice(["width", "depth"]), default="width", show_default=True)
+@click.option("--workers", "workers", default="0,1,2", show_default=True,
+              help="Worker counts to compare; 0 is one env in this process.")
+@click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True, help="Vector steps per block.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--ray-address", default=None, help="A running Ray cluster (default: start a local Ray).")
+@click.option("--json", "json_out", default=None, help="Also write the rows as JSON here.")
+def rollouts(spec, view, workers, steps, repeats, ray_address, json_out):
+    """Rollout throughput (env steps/s): the local vector env against Ray actors."""
+    from ltd.paths import atomic_write_json, hardware
+    from ltd.rollout_bench import markdown, rollout_throughput
+    from ltd.spec import load_spec
+
+    try:
+        counts = [int(x) for x in workers.split(",")]
+    except ValueError:
+        raise LtdError(f"bad --workers {workers!r}: write counts like 0,1,2")
+    if not counts or min(counts) < 0:
+        raise LtdError(f"bad --workers {workers!r}: counts are 0 (local) or more")
+    s = load_spec(spec)
+    rows = rollout_throughput(s, view, counts, steps, repeats, address=ray_address)
+    if json_out:
+        atomic_write_json(json_out, {"spec": s.name, "view": view, "steps": steps, "repeats": repeats,
+                                     "hardware": hardware(), "rows": rows})
+    click.echo(markdown(rows, s, view, steps))
 
 
 @cli.command()

@@ -24,7 +24,7 @@ PROJECT = PACKAGE_DIR.parent
 
 def run_demo(out: Path, quick: bool = False, spec: str | None = None) -> Path:
     from ltd.bench import format_summary, run_workloads
-    from ltd.env import _cached_pair, workload_prompts
+    from ltd.env import spec_pair, workload_prompts
     from ltd.export import export_run, load_bundle
     from ltd.spec import load_spec
     from ltd.train import TrainingRun, load_config
@@ -34,7 +34,7 @@ def run_demo(out: Path, quick: bool = False, spec: str | None = None) -> Path:
     config_path = PROJECT / "experiments" / ("ppo-quick.yaml" if quick else "ppo.yaml")
     s = load_spec(spec_path)
     click.echo(f"[1/4] pair {s.pair}", err=True)
-    pair = _cached_pair(s.pair_spec, s.device)
+    pair = spec_pair(s)
     click.echo("[2/4] co-adaptive training", err=True)
     run_dir = out / "run"
     if (run_dir / "state.json").exists():

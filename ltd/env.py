@@ -65,10 +65,23 @@ def sequence_ended(engine: SpecEngine, generated: int, max_new_tokens: int, new_
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_pair(pair_spec: str, device: str):
+def _cached_pair(pair_spec: str, device: str, dtype: str = "float32"):
     from ltd.pair import load_pair
 
-    return load_pair(pair_spec, device=device)
+    return load_pair(pair_spec, device=device, dtype=dtype)
+
+
+def spec_pair(spec: EnvSpec):
+    """The spec's pair on the spec's device and dtype, loaded once per process."""
+    return _cached_pair(spec.pair_spec, spec.torch_device, spec.dtype)
+
+
+def prepare_clock(spec: EnvSpec) -> None:
+    """Fit the spec's cost model if it is missing or stale, before workers that all need it start."""
+    if spec.clock == "cost":
+        pair = spec_pair(spec)
+        engine = SpecEngine(pair, max_depth=spec.drafting.max_depth, draft_vocab=spec.drafting.draft_vocab)
+        reward_clock(spec, pair, engine)
 
 
 def workload_prompts(spec: EnvSpec, pair, split: str | None = None) -> list[list[int]]:
@@ -99,7 +112,7 @@ class _DecodingEnv(gym.Env):
         super().__init__()
         self.config = spec if isinstance(spec, EnvSpec) else load_spec(spec)
         s = self.config
-        self.pair = pair or _cached_pair(s.pair_spec, s.device)
+        self.pair = pair or spec_pair(s)
         self.engine = SpecEngine(self.pair, temperature=s.temperature, seed=s.seed, max_depth=s.drafting.max_depth,
                                  draft_vocab=s.drafting.draft_vocab)
         self.features = FeatureView(resolve_feature_set(s.features))

@@ -126,7 +126,7 @@ def export_run(run_dir: str | Path, out: str | Path, name: str | None = None) ->
     """Write the best policies of a training run as a bundle at ``out`` (atomically: a folder swap)."""
     from safetensors.torch import save_file
 
-    from ltd.env import _cached_pair
+    from ltd.env import spec_pair
     from ltd.paths import hardware
     from ltd.train import TrainingRun, load_policy
 
@@ -136,7 +136,7 @@ def export_run(run_dir: str | Path, out: str | Path, name: str | None = None) ->
     if not all(p.exists() for p in best.values()):
         raise ConfigError(f"run {run_dir} has no validated policies yet: let `ltd train` finish a round first")
     policies = {v: load_policy(p) for v, p in best.items()}
-    pair = _cached_pair(s.pair_spec, s.device)
+    pair = spec_pair(s)
     from ltd.engine import SpecEngine
 
     draft_vocab = SpecEngine(pair, draft_vocab=s.drafting.draft_vocab, backend="hf").draft_vocab_size

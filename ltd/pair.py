@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,10 +117,14 @@ def resolve_pair_paths(spec: str, build: bool = True) -> tuple[str, Path, Path, 
     name, target_path, draft_path = parse_pair_spec(spec)
     meta: dict = {}
     if target_path is None:
-        from ltd.zoo import build_pair, pair_dir, recipe_for
+        from ltd.zoo import PRESETS, build_pair, pair_dir, recipe_for
 
-        recipe_for(name)  # unknown preset -> clear error
-        root = build_pair(name) if build else pair_dir(name)
+        built_name = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name) is not None
+        if name not in PRESETS and built_name and (pair_dir(name) / "pair.json").exists():
+            root = pair_dir(name)  # built from a recipe file (`ltd pair build --recipe`)
+        else:
+            recipe_for(name)  # unknown preset -> clear error
+            root = build_pair(name) if build else pair_dir(name)
         if not (root / "pair.json").exists():
             raise PairError(f"pair {name!r} is not built: run `ltd pair build --preset {name}`")
         meta = read_json(root / "pair.json", "pair record", PairError, f"rebuild it with `ltd pair build --preset {name}`")

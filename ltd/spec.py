@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ltd.errors import ConfigError
 from ltd.paths import read_yaml
@@ -72,7 +72,8 @@ class Partner(_Strict):
 class EnvSpec(_Strict):
     name: str
     pair: str = "tiny"
-    device: str = "cpu"
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto (cuda when there is one)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     workload: Workload = Field(default_factory=Workload)
     drafting: Drafting = Field(default_factory=Drafting)
     temperature: float = Field(0.0, ge=0.0)
@@ -85,6 +86,22 @@ class EnvSpec(_Strict):
     seed: int = 0
 
     path: Path | None = Field(None, exclude=True)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value not in ("cpu", "auto", "cuda", "mps") and not value.startswith("cuda:"):
+            raise ValueError(f"unknown device {value!r}: choose cpu, cuda, cuda:N, mps or auto")
+        return value
+
+    @property
+    def torch_device(self) -> str:
+        """The device to load on: ``auto`` is cuda where torch sees one, else cpu."""
+        if self.device == "auto":
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
 
     def resolve(self, value: str) -> Path:
         p = Path(value).expanduser()

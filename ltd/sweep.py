@@ -140,7 +140,7 @@ def prepare_trial(sweep: SweepSpec, base: Path, point: dict[str, Any], seed: int
 def run_trial(trial: Path, bench: BenchOptions) -> dict[str, float]:
     """Train (or resume), export and benchmark one trial; its figures."""
     from ltd.bench import run_workloads
-    from ltd.env import _cached_pair, workload_prompts
+    from ltd.env import spec_pair, workload_prompts
     from ltd.export import export_run, load_bundle
     from ltd.spec import load_spec
     from ltd.train import TrainingRun, load_config
@@ -156,7 +156,7 @@ def run_trial(trial: Path, bench: BenchOptions) -> dict[str, float]:
     if not summary_path.exists():
         bundle_dir = export_run(run_dir, trial / "policy")
         s = load_spec(trial / "spec.yaml")
-        pair = _cached_pair(s.pair_spec, s.device)
+        pair = spec_pair(s)
         bundle = load_bundle(bundle_dir, pair)
         prompts = workload_prompts(s, pair, "test")[: bench.prompts]
         summary = run_workloads(pair, {"test": (prompts, 0)}, ["ar", "partner", "ltd"],
@@ -222,12 +222,12 @@ def run_sweep(path: str | Path, out: str | Path | None = None, threads: int | No
 def _ensure_cost_model(trial: Path) -> None:
     """Fit the shared cost model once, before the trials copy it (and do not each fit their own)."""
     from ltd.engine import SpecEngine
-    from ltd.env import _cached_pair, reward_clock
+    from ltd.env import reward_clock, spec_pair
     from ltd.spec import load_spec
 
     s = load_spec(trial / "spec.yaml")
     if s.clock == "cost":
-        pair = _cached_pair(s.pair_spec, s.device)
+        pair = spec_pair(s)
         reward_clock(s, pair, SpecEngine(pair, max_depth=s.drafting.max_depth, draft_vocab=s.drafting.draft_vocab))
 
 

@@ -72,6 +72,9 @@ class Timesteps(_Strict):
 class TrainConfig(_Strict):
     rounds: int = Field(2, ge=0)
     n_envs: int = Field(1, ge=1)
+    workers: int = Field(0, ge=0)  # > 0: that many sub-environments as Ray actors (n_envs is then ignored)
+    ray_address: str | None = None  # a running Ray cluster; None: a local Ray
+    max_worker_restarts: int = Field(3, ge=0)
     checkpoint_every: int = Field(1024, ge=1)
     validation_prompts: int = Field(8, ge=1)
     validation_max_new_tokens: int = Field(48, ge=1)
@@ -207,6 +210,15 @@ class TrainingRun:
             raise ConfigError(f"{path} is not a valid run state ({exc.__class__.__name__}): start a new run")
         return cls(run_dir, load_spec(state["spec"]), config, state)
 
+    def scale(self, workers: int | None, ray_address: str | None) -> None:
+        """Change where a resumed run rolls out (the policy does not depend on it)."""
+        if workers is not None:
+            self.config.workers = workers
+        if ray_address is not None:
+            self.config.ray_address = ray_address
+        self.state["config"] = self.config.model_dump()
+        self.save_state()
+
     def save_state(self) -> None:
         atomic_write_json(self.dir / "state.json", self.state)
 
@@ -236,12 +248,21 @@ class TrainingRun:
                                 policies["width"], static)
 
     def make_vec_env(self, view: str, partner, seed: int):
+        """The phase's vector env: local (``n_envs`` in this process or subprocesses) or Ray actors."""
         from stable_baselines3.common.env_util import make_vec_env
         from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
-        from ltd.env import make_env
+        from ltd.env import make_env, prepare_clock
 
         spec = self.spec
+        prepare_clock(spec)  # fit a missing cost model once here, not in every worker at once
+        if self.config.workers:
+            from ltd.ray_env import RayVecEnv
+
+            env = RayVecEnv(spec, view, self.config.workers, partner, seed, address=self.config.ray_address,
+                            max_restarts=self.config.max_worker_restarts)
+            env.seed(seed)
+            return env
 
         def factory():
             return make_env(spec, view, partner=partner)
@@ -282,11 +303,12 @@ class TrainingRun:
                     if remaining > 0:
                         model.learn(remaining, callback=progress.callback, reset_num_timesteps=False,
                                     tb_log_name=f"phase{index}-{view}")
-                except KeyboardInterrupt:
+                except (KeyboardInterrupt, LtdError) as exc:  # Ctrl-C, or rollout workers lost for good
                     self.checkpoint(model, index, view)
                     self.save_state()
                     env.close()
-                    raise LtdError(f"interrupted: phase {index} ({view}) saved at {model.num_timesteps} of {total} "
+                    why = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
+                    raise LtdError(f"{why}: phase {index} ({view}) saved at {model.num_timesteps} of {total} "
                                    f"steps; continue with `ltd train --resume {self.dir}`")
                 sps = progress.steps_per_second(model)
                 self.checkpoint(model, index, view)
@@ -332,12 +354,12 @@ class TrainingRun:
     def validate(self, split: str = "validation") -> dict:
         """Both current policies together, through the runtime, on held-out prompts."""
         from ltd.engine import SpecEngine
-        from ltd.env import _cached_pair, reward_clock, workload_prompts
+        from ltd.env import reward_clock, spec_pair, workload_prompts
         from ltd.features import FeatureView, resolve_feature_set
         from ltd.runtime import run_cycle
 
         s = self.spec
-        pair = _cached_pair(s.pair_spec, s.device)
+        pair = spec_pair(s)
         engine = SpecEngine(pair, temperature=s.temperature, seed=s.seed, max_depth=s.drafting.max_depth,
                             draft_vocab=s.drafting.draft_vocab)
         clock = reward_clock(s, pair, engine)

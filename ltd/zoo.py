@@ -128,6 +128,22 @@ PRESETS: dict[str, Recipe] = {
         warmup_steps=30,
         pool_sequences=384,
     ),
+    # For a GPU (experiments/gpu_check.sh): a heavier target, trained in about a minute on one GPU.
+    # On a 2-core CPU this recipe would take many hours.
+    "small": Recipe(
+        name="small",
+        vocab_size=4096,
+        seq_len=256,
+        target=ModelShape(hidden=512, layers=8, heads=8, intermediate=1536),
+        draft=ModelShape(hidden=512, layers=1, heads=8, intermediate=1536),
+        target_steps=1500,
+        draft_steps=500,
+        batch_size=32,
+        target_lr=1e-3,
+        draft_lr=1e-3,
+        warmup_steps=50,
+        pool_sequences=384,
+    ),
 }
 
 
@@ -298,7 +314,7 @@ def train_loop(model, loss_fn, steps: int, lr: float, recipe: Recipe, ckpt: Path
     gen = torch.Generator().manual_seed(recipe.seed + 1)
     step = 0
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
+        state = torch.load(ckpt, weights_only=True, map_location="cpu")
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
         sched.load_state_dict(state["sched"])
@@ -327,11 +343,13 @@ def train_loop(model, loss_fn, steps: int, lr: float, recipe: Recipe, ckpt: Path
 
 
 def _lm_loss(model, ids: torch.Tensor) -> torch.Tensor:
+    ids = ids.to(model.device)
     logits = model(input_ids=ids[:, :-1], use_cache=False).logits
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
 
 
 def _kl_loss(draft, target, ids: torch.Tensor) -> torch.Tensor:
+    ids = ids.to(draft.device)
     with torch.no_grad():
         p_log = F.log_softmax(target(input_ids=ids, use_cache=False).logits.float(), dim=-1)
     q_log = F.log_softmax(draft(input_ids=ids, use_cache=False).logits, dim=-1)
@@ -349,7 +367,7 @@ def generate_pool(target, stream: torch.Tensor, recipe: Recipe, seed: int) -> to
     bar = tqdm(total=recipe.pool_sequences, desc="target continuations", unit="seq", mininterval=5.0)
     for i in range(0, recipe.pool_sequences, batch):
         n = min(batch, recipe.pool_sequences - i)
-        prompts = random_windows(stream, n, recipe.pool_prompt_len, gen)
+        prompts = random_windows(stream, n, recipe.pool_prompt_len, gen).to(target.device)
         sample = (i // batch) % 2 == 1
         torch.manual_seed(seed + i)
         seqs = target.generate(
@@ -357,7 +375,7 @@ def generate_pool(target, stream: torch.Tensor, recipe: Recipe, seed: int) -> to
             do_sample=sample, temperature=1.0 if sample else None, top_k=0 if sample else None,
             top_p=None, pad_token_id=target.config.pad_token_id,
         )
-        out.append(seqs[:, : recipe.seq_len])
+        out.append(seqs[:, : recipe.seq_len].cpu())
         bar.update(n)
     bar.close()
     return torch.cat(out)
@@ -405,16 +423,18 @@ def evaluate_pair(target, draft, tokenizer, heldout: list[Document], recipe: Rec
     windows = random_windows(stream, 32, min(recipe.seq_len, len(stream) - 1), gen)
     losses = {name: float(_lm_loss(m, windows)) for name, m in (("target", target), ("draft", draft))}
 
-    prompts = torch.tensor(heldout_windows(tokenizer, heldout, recipe.eval_prompts, recipe.prompt_tokens, 99))
+    prompts = torch.tensor(heldout_windows(tokenizer, heldout, recipe.eval_prompts, recipe.prompt_tokens, 99),
+                           device=target.device)
     n = recipe.eval_new_tokens
     seqs = target.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=n,
                            min_new_tokens=n, do_sample=False, pad_token_id=target.config.pad_token_id)
     conts = seqs[:, prompts.shape[1]:]
     rep4, distinct = zip(*(degeneracy(c.tolist()) for c in conts))
     # Greedy acceptance: does the draft's argmax equal the target's own next token?
-    draft_next = draft(input_ids=seqs[:, :-1], use_cache=False).logits.argmax(-1)[:, prompts.shape[1] - 1:]
+    draft_next = draft(input_ids=seqs[:, :-1].to(draft.device), use_cache=False).logits.argmax(-1)[:, prompts.shape[1] - 1:]
     acceptance = (draft_next == conts).float().mean().item()
-    samples = [tokenizer.decode(prompts[i, 1:]) + " ⟨⟩ " + tokenizer.decode(conts[i]) for i in range(3)]
+    samples = [tokenizer.decode(prompts[i, 1:].tolist()) + " ⟨⟩ " + tokenizer.decode(conts[i].tolist())
+               for i in range(3)]
     return {
         "heldout_loss_target": round(losses["target"], 4),
         "heldout_loss_draft": round(losses["draft"], 4),
@@ -475,12 +495,17 @@ def _reconcile_build(work: Path, recipe_dict: dict) -> list[dict]:
     return []
 
 
-def train_pair(recipe: Recipe, threads: int | None = None) -> Path:
-    """Train a pair from its recipe (resuming a previous build) and install it under $LTD_HOME."""
+def train_pair(recipe: Recipe, threads: int | None = None, device: str = "cpu") -> Path:
+    """Train a pair from its recipe (resuming a previous build) and install it under $LTD_HOME.
+
+    ``device`` is where training runs (``cuda`` trains in seconds what a CPU trains in an hour);
+    the saved pair is the same kind of checkpoint whatever the device.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if threads:
         torch.set_num_threads(threads)
+    device = _train_device(device)
     t0 = time.time()
     work = ltd_home() / "builds" / recipe.name
     work.mkdir(parents=True, exist_ok=True)
@@ -509,7 +534,7 @@ def train_pair(recipe: Recipe, threads: int | None = None) -> Path:
     stream = encode_documents(tokenizer, train_docs)
     log.info("%s: %d training tokens from %d documents", recipe.name, len(stream), len(train_docs))
 
-    target = make_model(recipe.target, recipe, tokenizer, recipe.seed)
+    target = make_model(recipe.target, recipe, tokenizer, recipe.seed).to(device)
     train_loop(target, lambda g: _lm_loss(target, random_windows(stream, recipe.batch_size, recipe.seq_len + 1, g)),
                recipe.target_steps, recipe.target_lr, recipe, work / "target.ckpt", f"{recipe.name} target")
 
@@ -525,7 +550,7 @@ def train_pair(recipe: Recipe, threads: int | None = None) -> Path:
         save_file({"ids": pool.contiguous()}, str(pool_path) + ".tmp")
         Path(str(pool_path) + ".tmp").replace(pool_path)
 
-    draft = make_model(recipe.draft, recipe, tokenizer, recipe.seed + 3)
+    draft = make_model(recipe.draft, recipe, tokenizer, recipe.seed + 3).to(device)
     if recipe.draft_from_target:
         init_draft_from_target(draft, target)
     target.eval()
@@ -575,6 +600,14 @@ def train_pair(recipe: Recipe, threads: int | None = None) -> Path:
     return out
 
 
+def _train_device(device: str) -> str:
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PairError(f"--device {device}: torch sees no CUDA device here; build on cpu or install a CUDA torch")
+        torch.backends.cuda.matmul.allow_tf32 = True
+    return device
+
+
 def install_shipped(preset: str) -> Path:
     """Copy the pair that ships with the package into $LTD_HOME, checking its hashes."""
     src = SHIPPED_DIR / preset
@@ -594,7 +627,7 @@ def install_shipped(preset: str) -> Path:
     return out
 
 
-def build_pair(preset: str, rebuild: bool = False, threads: int | None = None) -> Path:
+def build_pair(preset: str, rebuild: bool = False, threads: int | None = None, device: str = "cpu") -> Path:
     """Make the pair ``preset`` available under $LTD_HOME and return its folder."""
     recipe = recipe_for(preset)
     out = pair_dir(preset)
@@ -602,7 +635,7 @@ def build_pair(preset: str, rebuild: bool = False, threads: int | None = None) -
         return out
     if not rebuild and (SHIPPED_DIR / preset / "pair.json").exists():
         return install_shipped(preset)
-    return train_pair(recipe, threads=threads)
+    return train_pair(recipe, threads=threads, device=device)
 
 
 def ship_pair(preset: str) -> Path:

@@ -42,7 +42,9 @@ from ltd.stats import paired_ratio
 log = logging.getLogger(__name__)
 
 DEFAULT_STATIC = StaticController(depth=4, top_k=4, width=12)
-KNOWN_METHODS = ("ar", "hf_ar", "hf_heuristic", "hf_confidence", "static", "grid", "partner", "ltd", "oracle")
+KNOWN_METHODS = ("ar", "hf_ar", "hf_heuristic", "hf_confidence", "static", "grid", "partner", "ltd", "oracle",
+                 "grid_block", "ltd_block")
+BLOCK_METHODS = ("grid_block", "ltd_block")  # drafted by the pair's block drafter (one forward per cycle)
 Runner = Callable[[list[int], int], Generation]  # (prompt ids, max new tokens) -> generation
 
 
@@ -154,7 +156,7 @@ def summarize(results: dict[str, MethodResult], baseline: str = "ar") -> dict:
             entry["speedup_per_prompt"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in pr.items()}
             entry["identical_to_ar"] = all(g.output_ids == b.output_ids for g, b in zip(r.runs, base.runs))
         out["methods"][name] = entry
-    for ref in ("grid", "partner", "oracle"):  # paired per-prompt ratios against the references that matter
+    for ref in ("grid", "partner", "oracle", "ltd"):  # paired per-prompt ratios against the references that matter
         if ref in results:
             for name, r in results.items():
                 if name != ref:
@@ -186,6 +188,8 @@ def markdown_table(summary: dict) -> str:
     refs = [(name, "grid", m["vs_grid"]) for name, m in methods.items() if m.get("vs_grid", {}).get("n", 0) > 1]
     refs += [("ltd", m.get("ref", ref), m) for ref in ("partner", "oracle", "hf_best")
              if (m := methods.get("ltd", {}).get(f"vs_{ref}", {})).get("n", 0) > 1]
+    refs += [(name, "ltd", m["vs_ltd"]) for name, m in methods.items()
+             if name in BLOCK_METHODS and m.get("vs_ltd", {}).get("n", 0) > 1]
     if refs:
         lines += ["", "| ratio | per-prompt geometric mean | 95% CI |", "|---|---:|---|"]
         lines += [f"| {name} / {ref} | {pr['ratio']:.3f} | [{pr['lo']:.3f}, {pr['hi']:.3f}] |" for name, ref, pr in refs]
@@ -311,7 +315,7 @@ def _oracle_for(pair: Pair, engine: SpecEngine, controllers: dict[str, Controlle
 def run_bench(pair: Pair, prompts: list[list[int]], methods: list[str], max_new_tokens: int = 64,
               validation: int = 6, static: StaticController = DEFAULT_STATIC, grid: list[StaticController] | None = None,
               workload: str = "code", engine_options: dict | None = None,
-              extra: dict[str, Controller] | None = None) -> dict:
+              extra: dict[str, Controller] | None = None, block_options: dict | None = None) -> dict:
     """Measure ``methods`` on ``prompts``; the first ``validation`` prompts choose ``grid`` and are not reported."""
     from ltd.baselines import hf_generate
     from ltd.oracle import oracle_generate
@@ -323,6 +327,9 @@ def run_bench(pair: Pair, prompts: list[list[int]], methods: list[str], max_new_
         raise ConfigError(f"grid needs more than {validation} prompts (the first {validation} choose the config)")
     engine_options = {k: v for k, v in (engine_options or {}).items() if v is not None}
     engine = SpecEngine(pair, **engine_options)
+    block_engine = None
+    if any(m in BLOCK_METHODS for m in methods):
+        block_engine = SpecEngine(pair, **{**engine_options, **(block_options or {}), "drafter": "block"})
     val, test = (prompts[:validation], prompts[validation:]) if "grid" in methods else ([], prompts)
     controllers: dict[str, Controller] = {"ar": plain()}
     grid_table: list[dict] = []
@@ -331,17 +338,26 @@ def run_bench(pair: Pair, prompts: list[list[int]], methods: list[str], max_new_
     for name, c in (extra or {}).items():
         if name in methods:
             controllers[name] = c
-    missing = [m for m in methods if m in ("ltd", "partner") and m not in controllers]
+    missing = [m for m in methods if m in ("ltd", "partner", "ltd_block") and m not in controllers]
     if missing:
-        raise ConfigError(f"method(s) {', '.join(missing)} need policies: pass --policy BUNDLE or --run RUN")
+        raise ConfigError(f"method(s) {', '.join(missing)} need policies: pass --policy BUNDLE or --run RUN "
+                          f"(ltd_block: --block-policy BUNDLE)")
     if "grid" in methods:
         best, grid_table = grid_search(engine, grid or default_grid(), val, max_new_tokens)
         controllers["grid"] = best
+    if "grid_block" in methods:
+        block_grid = default_grid(max_depth=min(8, block_engine.block.config.block), top_ks=(1, 2, 4))
+        best, table = grid_search(block_engine, block_grid, val, max_new_tokens)
+        controllers["grid_block"] = best
+        grid_table += [dict(row, drafter="block") for row in table]
     trace: list = []
     if hasattr(controllers.get("ltd"), "trace"):
         controllers["ltd"].trace = trace
-    runners = controller_runners(engine, controllers)
-    labels = {name: getattr(c, "label", name) for name, c in controllers.items()}
+    runners = controller_runners(engine, {n: c for n, c in controllers.items() if n not in BLOCK_METHODS})
+    if block_engine is not None:
+        runners.update(controller_runners(block_engine, {n: c for n, c in controllers.items() if n in BLOCK_METHODS}))
+    labels = {name: getattr(c, "label", name) + (" (block)" if name in BLOCK_METHODS else "")
+              for name, c in controllers.items()}
     if "oracle" in methods:
         oracle = _oracle_for(pair, engine, controllers)
         runners["oracle"] = lambda ids, n: oracle_generate(engine, oracle, ids, n)
@@ -412,14 +428,14 @@ def format_summary(summary: dict) -> str:
 def env_overhead(spec_path: str | Path, cycles: int = 300, repeats: int = 4) -> dict:
     """Wall time per cycle of the width environment (features, reward clock, bookkeeping included)
     against the bare runtime loop, both taking the spec's static partner choices on the same prompts."""
-    from ltd.env import make_env, sequence_ended
+    from ltd.env import make_env, sequence_ended, spec_engine
     from ltd.runtime import run_cycle
 
     env = make_env(spec_path, "width")
     s = env.config
     action = min(range(len(env.widths)), key=lambda i: abs(env.widths[i] - s.partner.width))
     controller = StaticController(s.partner.depth, s.drafting.top_k, env.widths[action])
-    engine = SpecEngine(env.pair, max_depth=s.drafting.max_depth, draft_vocab=s.drafting.draft_vocab)
+    engine = spec_engine(s, env.pair)
     prompts = env.prompts
 
     def bare() -> float:

@@ -191,10 +191,12 @@ def generate(pair_spec, prompt, prompts_file, depth, top_k, width, max_new_token
 @click.option("--backend", type=click.Choice(["auto", "fast", "hf"]), default="auto", show_default=True)
 @click.option("--run", "run_dir", default=None, help="Training run whose policies are `ltd` (and spec `partner`).")
 @click.option("--policy", "policy_dir", default=None, help="Policy bundle that is `ltd` (its static partner: `partner`).")
+@click.option("--block-policy", "block_policy_dir", default=None,
+              help="Policy bundle trained on the block drafter: the method `ltd_block`.")
 @click.option("--json", "json_out", default=None, help="Write the summary here (and .md, .png beside it).")
 def bench(pair_spec, methods, prompts_files, limit, validation, max_new_tokens, max_prompt_tokens, static_cfg, device, dtype, draft_vocab,
           backend,
-          run_dir, policy_dir, json_out):
+          run_dir, policy_dir, block_policy_dir, json_out):
     """Tokens/s of each method in one run, on held-out prompts, greedy."""
     from ltd.bench import DEFAULT_STATIC, format_summary, load_workload, run_workloads
     from ltd.controllers import StaticController
@@ -221,6 +223,16 @@ def bench(pair_spec, methods, prompts_files, limit, validation, max_new_tokens, 
         extra = bundle.bench_controllers()
         implied = bundle.engine_options()
     engine_options.update({k: v for k, v in implied.items() if engine_options.get(k) is None})
+    block_options: dict = {}
+    if block_policy_dir:
+        from ltd.export import load_bundle
+
+        block_bundle = load_bundle(block_policy_dir, p)
+        block_options = block_bundle.engine_options()
+        if block_options.pop("drafter") != "block":
+            raise LtdError(f"--block-policy {block_policy_dir} was trained on the draft model, not the block "
+                           f"drafter: pass it as --policy")
+        extra["ltd_block"] = block_bundle.controller()
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     from ltd.bench import bench_split
 
@@ -231,7 +243,7 @@ def bench(pair_spec, methods, prompts_files, limit, validation, max_new_tokens, 
         val_texts, test_texts = bench_split(texts, validation if "grid" in method_list else 0, limit)
         workloads[name] = ([p.encode(t)[:max_prompt_tokens] for t in val_texts + test_texts], len(val_texts))
     summary = run_workloads(p, workloads, method_list, json_out=json_out, max_new_tokens=max_new_tokens,
-                            static=static, engine_options=engine_options, extra=extra)
+                            static=static, engine_options=engine_options, extra=extra, block_options=block_options)
     click.echo(format_summary(summary))
 
 
@@ -317,7 +329,7 @@ def profile(spec, out):
 
     s = load_spec(spec)
     model = profile_pair(load_pair(s.pair_spec, device=s.torch_device, dtype=s.dtype), top_k=s.drafting.top_k,
-                         draft_vocab=s.drafting.draft_vocab)
+                         draft_vocab=s.drafting.draft_vocab, drafter=s.drafting.drafter)
     path = Path(out) if out else s.cost_model_path
     model.save(path)
     ms = [round(1e3 * v, 4) for v in (*model.verify, model.tree, *model.draft, model.cold)]
@@ -398,6 +410,31 @@ def rollouts(spec, view, workers, steps, repeats, ray_address, json_out):
         atomic_write_json(json_out, {"spec": s.name, "view": view, "steps": steps, "repeats": repeats,
                                      "hardware": hardware(), "rows": rows})
     click.echo(markdown(rows, s, view, steps))
+
+
+@cli.group()
+def drafter() -> None:
+    """Block drafters: one forward drafts a whole block (DFlash/DFlare style)."""
+
+
+@drafter.command("train")
+@click.option("--pair", "pair_spec", default="tiny", show_default=True, help="A built-in pair (built by ltd pair build).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps (default: the recipe's).")
+@click.option("--block", type=click.IntRange(min=2, max=64), default=None, help="Positions per forward.")
+@click.option("--device", default="cpu", show_default=True)
+def drafter_train(pair_spec, steps, block, device):
+    """Distil a block drafter from PAIR's target; saved beside the pair (resumes)."""
+    from ltd.drafter_train import DrafterRecipe, train_block_drafter
+    from ltd.pair import load_pair
+
+    recipe = DrafterRecipe()
+    if steps:
+        recipe.steps = steps
+    if block:
+        recipe.block = block
+    p = load_pair(pair_spec)
+    figures = train_block_drafter(p, recipe, device=device)
+    click.echo(f"{p.name}: block drafter saved; " + ", ".join(f"{k}={v}" for k, v in figures.items()))
 
 
 @cli.command()

@@ -76,6 +76,7 @@ class CostModel:
     tree: float = 0.0
     cold: float = 0.0
     draft_vocab: int = 0  # the draft output columns the model was fitted with (0: full vocabulary)
+    drafter: str = "ar"  # the drafter kind it was fitted with (ar: the draft model; block: one forward per cycle)
     pair_fingerprint: str = ""
     hardware: dict = field(default_factory=dict)
     fit_error: dict = field(default_factory=dict)
@@ -147,7 +148,8 @@ class CostClock:
         return self.model.cycle_seconds(result)
 
 
-def cost_model_at(path: Path, pair, top_k: int, draft_vocab: int, other_hardware: str = "warn") -> CostModel:
+def cost_model_at(path: Path, pair, top_k: int, draft_vocab: int, other_hardware: str = "warn",
+                  drafter: str = "ar") -> CostModel:
     """The cost model saved at ``path`` if it was fitted for this pair and draft vocabulary (0: full),
     else one fitted now and saved there. Fitted on other hardware: ``warn`` and use it, or ``refit``."""
     from ltd.paths import hardware
@@ -160,9 +162,9 @@ def cost_model_at(path: Path, pair, top_k: int, draft_vocab: int, other_hardware
     here = hardware()
     moved = model is not None and any(model.hardware.get(k) != here.get(k) for k in ("processor", "torch_threads", "gpu"))
     if (model is None or model.pair_fingerprint != pair.fingerprint() or model.draft_vocab != draft_vocab
-            or (moved and other_hardware == "refit")):
+            or model.drafter != drafter or (moved and other_hardware == "refit")):
         log.warning("fitting the cost model of %s on this machine (ltd profile): %s", pair.name, path)
-        model = profile_pair(pair, top_k=top_k, draft_vocab=draft_vocab)
+        model = profile_pair(pair, top_k=top_k, draft_vocab=draft_vocab, drafter=drafter)
         model.save(path)
     elif moved:
         log.warning("cost model %s was fitted on other hardware (%s); run `ltd profile` to fit it here",
@@ -170,16 +172,18 @@ def cost_model_at(path: Path, pair, top_k: int, draft_vocab: int, other_hardware
     return model
 
 
-def cost_model_for(pair, top_k: int = 4, draft_vocab: int = 0) -> CostModel:
+def cost_model_for(pair, top_k: int = 4, draft_vocab: int = 0, drafter: str = "ar") -> CostModel:
     """The pair's cost model on this machine, fitted once and kept under ``$LTD_HOME/costs``."""
     from ltd.paths import ltd_home
 
-    path = ltd_home() / "costs" / f"{pair.name}-{pair.fingerprint()[:12]}-v{draft_vocab}.cost.json"
-    return cost_model_at(path, pair, top_k, draft_vocab, other_hardware="refit")
+    kind = "" if drafter == "ar" else f"-{drafter}"
+    path = ltd_home() / "costs" / f"{pair.name}-{pair.fingerprint()[:12]}-v{draft_vocab}{kind}.cost.json"
+    return cost_model_at(path, pair, top_k, draft_vocab, other_hardware="refit", drafter=drafter)
 
 
 @torch.inference_mode()
-def profile_pair(pair, top_k: int = 4, draft_vocab: int | None = None, cycles: int = 1200, seed: int = 0) -> CostModel:
+def profile_pair(pair, top_k: int = 4, draft_vocab: int | None = None, cycles: int = 1200, seed: int = 0,
+                 drafter: str = "ar") -> CostModel:
     """Fit the cost model on real cycles of ``pair`` on this machine.
 
     Cycles of random shapes (plain steps, and trees of depth 1-6, top_k up to ``top_k``, widths up to
@@ -197,7 +201,7 @@ def profile_pair(pair, top_k: int = 4, draft_vocab: int | None = None, cycles: i
     from ltd.runtime import read_prompts, run_cycle
     from ltd.spec import SPLITS
 
-    engine = SpecEngine(pair, draft_vocab=draft_vocab)
+    engine = SpecEngine(pair, draft_vocab=draft_vocab, drafter=drafter)
     clock = engine.clock
     rng = np.random.default_rng(seed)
     heldout = pair.target_path.parent / "prompts_heldout.jsonl"
@@ -230,6 +234,7 @@ def profile_pair(pair, top_k: int = 4, draft_vocab: int | None = None, cycles: i
                         bounds=(0, np.inf))
     b = [float(v) for v in fit.x]
     model = CostModel(draft=[b[4], b[5]], verify=[b[0], b[1], b[2]], tree=b[3], cold=b[6],
-                      draft_vocab=engine.draft_vocab_size, pair_fingerprint=pair.fingerprint(), hardware=hardware())
+                      draft_vocab=engine.draft_vocab_size, drafter=drafter, pair_fingerprint=pair.fingerprint(),
+                      hardware=hardware())
     model.fit_error = {"cycle_rel_median": float(np.median(np.abs(x @ fit.x - y) / y)), "cycles": int(len(y))}
     return model

@@ -10,7 +10,10 @@ Invariants between cycles (``L = len(engine.tokens)``):
 * the target's KV cache holds ``tokens[:L-1]``; the last token (the *root*) is verified next;
 * the draft's KV cache holds ``tokens[:draft_len]``; it reads ``tokens[draft_len:]`` (the tokens
   it has not seen: the accepted path and the target's bonus token) at its next expansion, so a
-  cycle of depth 0 (a plain target step) costs no draft work at all.
+  cycle of depth 0 (a plain target step) costs no draft work at all;
+* with the block drafter (``drafter="block"``), ``feats[:L-1]`` holds the target's layer outputs at
+  ``tokens[:L-1]``, written by the same passes that fill the target's cache (prefill, and the root and
+  accepted rows of each verification); one drafter forward per cycle reads the last of them.
 
 Acceptance is greedy (the target's argmax) or, with ``temperature > 0``, by sampling the target's
 own distribution at each node and following a drafted child when the sample equals it; since every
@@ -79,7 +82,7 @@ class SpecEngine:
         return 0 if self.draft_vocab is None else int(self.draft_vocab.numel())
 
     def __init__(self, pair: Pair, temperature: float = 0.0, seed: int | None = None, clock=None,
-                 max_depth: int = 16, backend: str = "auto", draft_vocab: int | None = None):
+                 max_depth: int = 16, backend: str = "auto", draft_vocab: int | None = None, drafter: str = "ar"):
         if temperature < 0:
             raise ValueError("temperature must be >= 0")
         self.pair = pair
@@ -102,10 +105,32 @@ class SpecEngine:
                 raise ConfigError(f"pair {pair.name} has no token ranking in pair.json: draft_vocab needs one")
             self.draft_vocab = torch.tensor(ranking[:draft_vocab], device=self.device)
             self.draft.restrict_vocab(self.draft_vocab)
+        self.drafter_kind = drafter
+        self.block = None
+        if drafter == "block":
+            self._init_block(backend)
+        elif drafter != "ar":
+            raise ConfigError(f"unknown drafter {drafter!r}: choose ar (the draft model) or block")
         self.tokens: list[int] = []
         self.tree: DraftTree | None = None
         self.cycle_id = -1
         self.history = History()
+
+    def _init_block(self, backend: str) -> None:
+        """The pair's block drafter, and a buffer of the target's layer features per committed position."""
+        from ltd.block_drafter import BlockDrafter, drafter_folder
+
+        target = self.pair.target
+        self.block = BlockDrafter.load(drafter_folder(self.pair), self.device, target.dtype)
+        self.target.capture_layers(self.block.config.target_layers)
+        head = target.get_output_embeddings().weight
+        self.block_head = head if self.draft_vocab is None else head[self.draft_vocab].contiguous()
+        self.block_embed = target.get_input_embeddings().weight
+        c = self.block.config
+        self.feats = torch.zeros(self.max_context + 1, len(c.target_layers), c.target_hidden, dtype=target.dtype,
+                                 device=self.device)
+        self.block_logits: torch.Tensor | None = None
+        self.block_forwards = 0  # drafter calls (one per drafted cycle, whatever the block length)
 
     # ------------------------------------------------------------------ sequence
 
@@ -127,6 +152,8 @@ class SpecEngine:
         if len(prompt_ids) > 1:
             with torch.inference_mode():
                 self.target.forward(torch.tensor(prompt_ids[:-1], device=self.device), rows="last")
+                if self.block is not None:
+                    self.feats[: len(prompt_ids) - 1] = self.target.captured
 
     @property
     def room(self) -> int:
@@ -146,7 +173,8 @@ class SpecEngine:
 
     def can_expand(self) -> bool:
         tree = self.tree
-        return tree is not None and tree.depth < self.max_depth and len(self.tokens) + tree.depth + 1 < self.max_context
+        limit = self.max_depth if self.block is None else min(self.max_depth, self.block.config.block)
+        return tree is not None and tree.depth < limit and len(self.tokens) + tree.depth + 1 < self.max_context
 
     def _visible(self, tree_part: torch.Tensor, prefix: int) -> torch.Tensor:
         """Bool mask [q, prefix + kv]: all of the prefix, then the tree part [q, kv]."""
@@ -162,6 +190,10 @@ class SpecEngine:
         if not self.can_expand():
             raise RuntimeError("no room to expand: check can_expand()")
         t0 = self.clock.now()
+        if self.block is not None:
+            self._expand_block(tree)
+            self.cycle_draft_seconds += self.clock.now() - t0
+            return
         draft = self.draft
         if tree.depth == 0:
             # the draft reads what it has not seen; at least the root (a cycle may be re-begun)
@@ -179,6 +211,27 @@ class SpecEngine:
             logits = draft.forward(tokens, pos, self._visible(visible, self.draft_len))
             tree.add_children(logits)
         self.cycle_draft_seconds += self.clock.now() - t0
+
+    def _expand_block(self, tree: DraftTree) -> None:
+        """Block drafter: one forward at the first expansion; later ones read its next position."""
+        if tree.depth == 0:
+            c = self.block.config
+            n = len(self.tokens) - 1  # committed positions with target features
+            ctx = self.feats[max(0, n - c.context): n]
+            keep = None
+            if ctx.shape[0] < c.context:  # a short prompt: pad the oldest rows and hide them
+                pad = c.context - ctx.shape[0]
+                ctx = torch.cat([ctx.new_zeros(pad, *ctx.shape[1:]), ctx])
+                keep = torch.ones(1, c.context + c.block, dtype=torch.bool, device=self.device)
+                keep[0, :pad] = False
+            root = self.block_embed[self.tokens[-1]]
+            self.block_logits = self.block(ctx[None], root[None], self.block_head, keep)[0]  # [B, V]
+            self.block_forwards += 1
+            self.cycle_draft_inputs.append(int(c.context + c.block))
+            tree.add_root_children(self.block_logits[0])
+        else:
+            row = self.block_logits[tree.depth]
+            tree.add_children(row[None].expand(len(tree.frontier), -1), feed=False)
 
     @torch.inference_mode()
     def target_pass(self, width: int) -> tuple[torch.Tensor, list[int], list[int]]:
@@ -249,6 +302,8 @@ class SpecEngine:
                 cur = nxt
 
         self.target.keep_prefix_and(prefix + 1, [prefix + i for i in path])
+        if self.block is not None:  # the target's features of the root and the accepted nodes
+            self.feats[prefix: prefix + 1 + len(path)] = self.target.captured[[0, *path]]
         new_tokens = [node_tokens[i - 1] for i in path] + [bonus]
         self.tokens.extend(new_tokens)
         depth = tree.depth

@@ -76,12 +76,18 @@ def spec_pair(spec: EnvSpec):
     return _cached_pair(spec.pair_spec, spec.torch_device, spec.dtype)
 
 
+def spec_engine(spec: EnvSpec, pair=None, **overrides) -> SpecEngine:
+    """The engine a spec describes (pair, sampling, drafting limits, drafter kind)."""
+    options = dict(temperature=spec.temperature, seed=spec.seed, max_depth=spec.drafting.max_depth,
+                   draft_vocab=spec.drafting.draft_vocab, drafter=spec.drafting.drafter)
+    return SpecEngine(pair or spec_pair(spec), **{**options, **overrides})
+
+
 def prepare_clock(spec: EnvSpec) -> None:
     """Fit the spec's cost model if it is missing or stale, before workers that all need it start."""
     if spec.clock == "cost":
         pair = spec_pair(spec)
-        engine = SpecEngine(pair, max_depth=spec.drafting.max_depth, draft_vocab=spec.drafting.draft_vocab)
-        reward_clock(spec, pair, engine)
+        reward_clock(spec, pair, spec_engine(spec, pair))
 
 
 def workload_prompts(spec: EnvSpec, pair, split: str | None = None) -> list[list[int]]:
@@ -102,7 +108,8 @@ def reward_clock(spec: EnvSpec, pair, engine: SpecEngine):
         return WallClock(engine.device)
     from ltd.clock import cost_model_at
 
-    return CostClock(cost_model_at(spec.cost_model_path, pair, spec.drafting.top_k, engine.draft_vocab_size))
+    return CostClock(cost_model_at(spec.cost_model_path, pair, spec.drafting.top_k, engine.draft_vocab_size,
+                                   drafter=engine.drafter_kind))
 
 
 class _DecodingEnv(gym.Env):
@@ -113,8 +120,7 @@ class _DecodingEnv(gym.Env):
         self.config = spec if isinstance(spec, EnvSpec) else load_spec(spec)
         s = self.config
         self.pair = pair or spec_pair(s)
-        self.engine = SpecEngine(self.pair, temperature=s.temperature, seed=s.seed, max_depth=s.drafting.max_depth,
-                                 draft_vocab=s.drafting.draft_vocab)
+        self.engine = spec_engine(s, self.pair)
         self.features = FeatureView(resolve_feature_set(s.features))
         self.observation_space = gym.spaces.Box(0.0, 1.0, (self.features.size,), np.float32)
         self.clock = reward_clock(s, self.pair, self.engine)

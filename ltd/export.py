@@ -65,6 +65,8 @@ class _Engine(_Part):
     top_k: int = Field(ge=1)
     max_depth: int = Field(ge=1)
     draft_vocab: int | None = Field(None, ge=0)
+    drafter: Literal["ar", "block"] = "ar"  # bundles before the block drafter name none: the draft model
+    drafter_fingerprint: str | None = None  # the block drafter's weights the policies were trained with
     temperature: float = Field(0.0, ge=0)
 
 
@@ -119,13 +121,14 @@ class Bundle:
 
     def engine_options(self) -> dict:
         e = self.manifest["engine"]
-        return {"max_depth": e["max_depth"], "draft_vocab": e.get("draft_vocab")}
+        return {"max_depth": e["max_depth"], "draft_vocab": e.get("draft_vocab"), "drafter": e.get("drafter", "ar")}
 
 
 def export_run(run_dir: str | Path, out: str | Path, name: str | None = None) -> Path:
     """Write the best policies of a training run as a bundle at ``out`` (atomically: a folder swap)."""
     from safetensors.torch import save_file
 
+    from ltd.block_drafter import drafter_fingerprint
     from ltd.env import spec_pair
     from ltd.paths import hardware
     from ltd.train import TrainingRun, load_policy
@@ -159,7 +162,8 @@ def export_run(run_dir: str | Path, out: str | Path, name: str | None = None) ->
         "policies": {v: {"activation": p.activation, "layers": [[lay.in_features, lay.out_features] for lay in p.layers]}
                      for v, p in policies.items()},
         "engine": {"top_k": s.drafting.top_k, "max_depth": s.drafting.max_depth, "draft_vocab": draft_vocab,
-                   "temperature": s.temperature},
+                   "drafter": s.drafting.drafter, "temperature": s.temperature,
+                   "drafter_fingerprint": drafter_fingerprint(pair) if s.drafting.drafter == "block" else None},
         "partner": {"depth": s.partner.depth, "top_k": s.drafting.top_k, "width": s.partner.width},
         "pair": {"name": pair.name, "fingerprint": pair.fingerprint()},
         "clock": s.clock,
@@ -189,7 +193,7 @@ target verifies, from {m['actions']['widths']}), trained with co-adaptive PPO.
 
 - Pair: `{m['pair']['name']}` (fingerprint `{m['pair']['fingerprint']}`); the runtime refuses another pair
   unless forced.
-- Engine: top_k {m['engine']['top_k']}, max depth {m['engine']['max_depth']}, draft vocabulary
+- Engine: {m['engine'].get('drafter', 'ar')} drafter, top_k {m['engine']['top_k']}, max depth {m['engine']['max_depth']}, draft vocabulary
   {m['engine'].get('draft_vocab') or 'full'}, temperature {m['engine']['temperature']}.
 - Features ({len(m['features']['names'])}, definition v{m['features']['definition_version']}):
   {', '.join(m['features']['names'])}.
@@ -264,4 +268,12 @@ def load_bundle(path: str | Path, pair=None, force: bool = False) -> Bundle:
         if want != pair.fingerprint():
             raise BundleError(f"policy bundle {path} was trained for pair {checked.pair.name!r} "
                               f"({want}), not this one ({pair.fingerprint()}): use its pair, or --force")
+        if checked.engine.drafter == "block":
+            from ltd.block_drafter import drafter_fingerprint
+
+            have = drafter_fingerprint(pair)
+            if have != checked.engine.drafter_fingerprint:
+                raise BundleError(f"policy bundle {path} was trained with another block drafter "
+                                  f"({checked.engine.drafter_fingerprint}, this pair has {have}): retrain the "
+                                  f"policies on this drafter, or --force")
     return Bundle(path, manifest, policies)

@@ -41,7 +41,23 @@ class HFRunner:
         self.device = next(model.parameters()).device
         self.neg = torch.finfo(model.dtype).min
         self.vocab: torch.Tensor | None = None
+        self.capture: list[int] = []
+        self.captured: torch.Tensor | None = None
         self.reset()
+
+    def capture_layers(self, layers: list[int]) -> None:
+        """Record the outputs of these decoder layers at every forward: ``captured`` [n, S, h]."""
+        from ltd.block_drafter import target_layer_outputs
+
+        self.capture = list(layers)
+        key = tuple(layers)
+        held = getattr(self.model, "_ltd_layer_hooks", None)  # one set of hooks per model, however many engines
+        if held is None or held[0] != key:
+            for handle in (held[2] if held else []):
+                handle.remove()
+            store, handles = target_layer_outputs(self.model, self.capture)
+            self.model._ltd_layer_hooks = (key, store, handles)
+        self._store = self.model._ltd_layer_hooks[1]
 
     def reset(self) -> None:
         self.cache = DynamicCache(config=self.model.config)
@@ -66,6 +82,8 @@ class HFRunner:
         out = self.model(input_ids=ids[None], cache=self.cache, use_cache=True,
                          logits_to_keep=1 if rows == "last" else 0, **kwargs)
         logits = out.logits[0]
+        if self.capture:
+            self.captured = torch.stack([self._store[i][0] for i in self.capture], dim=1)
         return logits if self.vocab is None else logits[:, self.vocab]
 
     def truncate(self, keep: int) -> None:
@@ -123,6 +141,12 @@ class FastRunner:
         self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.gqa = self.n_kv != self.n_heads
         self.length = 0
+        self.capture: list[int] = []
+        self.captured: torch.Tensor | None = None
+
+    def capture_layers(self, layers: list[int]) -> None:
+        """Record the outputs of these decoder layers at every forward: ``captured`` [n, S, h]."""
+        self.capture = list(layers)
 
     @staticmethod
     def supports(model) -> bool:
@@ -159,6 +183,7 @@ class FastRunner:
         mask = None if visible is None else visible[None, None]
         x = F.embedding(ids, self.embed)[None]  # [1, n, h]
         hd, eps = self.head_dim, self.eps
+        kept = []
         for i, (w_in, w_post, q, k, v, o, qn, kn, wg, wu, wd) in enumerate(self.layers):
             r = F.rms_norm(x, (x.shape[-1],), w_in, eps)
             qs = F.linear(r, *q).view(1, n, -1, hd)
@@ -176,6 +201,10 @@ class FastRunner:
             x = x + F.linear(att.transpose(1, 2).reshape(1, n, -1), *o)
             r = F.rms_norm(x, (x.shape[-1],), w_post, eps)
             x = x + F.linear(F.silu(F.linear(r, wg)) * F.linear(r, wu), wd)
+            if i in self.capture:
+                kept.append(x[0])
+        if self.capture:
+            self.captured = torch.stack(kept, dim=1)
         self.length = end
         if rows == "last":
             x = x[:, -1:]

@@ -44,6 +44,7 @@ class Drafting(_Strict):
     max_depth: int = Field(8, ge=1, le=32)
     widths: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 6, 8, 12, 16, 24, 32])
     draft_vocab: int | None = Field(None, ge=0)  # None: the pair's default; 0: the full vocabulary
+    drafter: Literal["ar", "block"] = "ar"  # the pair's draft model, or its block drafter (ltd drafter train)
 
     @property
     def capacity(self) -> int:

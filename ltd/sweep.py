@@ -221,14 +221,13 @@ def run_sweep(path: str | Path, out: str | Path | None = None, threads: int | No
 
 def _ensure_cost_model(trial: Path) -> None:
     """Fit the shared cost model once, before the trials copy it (and do not each fit their own)."""
-    from ltd.engine import SpecEngine
-    from ltd.env import reward_clock, spec_pair
+    from ltd.env import reward_clock, spec_engine, spec_pair
     from ltd.spec import load_spec
 
     s = load_spec(trial / "spec.yaml")
     if s.clock == "cost":
         pair = spec_pair(s)
-        reward_clock(s, pair, SpecEngine(pair, max_depth=s.drafting.max_depth, draft_vocab=s.drafting.draft_vocab))
+        reward_clock(s, pair, spec_engine(s, pair))
 
 
 def summarize_sweep(sweep: SweepSpec, rows: list[dict]) -> dict:

@@ -353,15 +353,13 @@ class TrainingRun:
 
     def validate(self, split: str = "validation") -> dict:
         """Both current policies together, through the runtime, on held-out prompts."""
-        from ltd.engine import SpecEngine
-        from ltd.env import reward_clock, spec_pair, workload_prompts
+        from ltd.env import reward_clock, spec_engine, spec_pair, workload_prompts
         from ltd.features import FeatureView, resolve_feature_set
         from ltd.runtime import run_cycle
 
         s = self.spec
         pair = spec_pair(s)
-        engine = SpecEngine(pair, temperature=s.temperature, seed=s.seed, max_depth=s.drafting.max_depth,
-                            draft_vocab=s.drafting.draft_vocab)
+        engine = spec_engine(s, pair)
         clock = reward_clock(s, pair, engine)
         controller = self.controller(FeatureView(resolve_feature_set(s.features)), self.current_policies())
         tokens, seconds, cycles, depths, widths = 0, 0.0, 0, [], []

@@ -90,10 +90,11 @@ class DraftTree:
         self.frontier_anc = torch.zeros(idx.numel(), self.fed, dtype=torch.bool, device=self.device)
         self.last_logits = root_logits
 
-    def add_children(self, frontier_logits: torch.Tensor) -> torch.Tensor:
+    def add_children(self, frontier_logits: torch.Tensor, feed: bool = True) -> torch.Tensor:
         """Later expansion: ``frontier_logits`` [f, V], the draft's logits, one row per frontier node.
 
-        Returns, for each new frontier node, the row of its parent in the old frontier.
+        Returns, for each new frontier node, the row of its parent in the old frontier. ``feed``:
+        track which nodes an autoregressive draft has read (a block drafter reads none).
         """
         vals, toks = self._top(frontier_logits, self.top_k)  # [f, k]
         if self.vocab is not None:
@@ -105,7 +106,8 @@ class DraftTree:
         best = cum.reshape(-1).topk(min(self.top_k, cum.numel())).indices
         rows = best // per_row
         self.frontier = idx[best]
-        self.frontier_anc = self._fed_rows[rows]
+        if feed:
+            self.frontier_anc = self._fed_rows[rows]
         self.last_logits = frontier_logits
         return rows
 

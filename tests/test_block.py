@@ -119,3 +119,42 @@ def test_missing_or_corrupt_drafter_is_one_clear_line(noisy_pair, tmp_path):
     (folder / "model.safetensors").unlink()
     with pytest.raises(PairError, match="ltd drafter train"):
         SpecEngine(noisy_pair, drafter="block")
+
+
+def test_policies_train_export_and_decode_over_the_block_drafter(micro_block, micro_spec, micro_prompts, tmp_path):
+    """Same two views and bundle format; the manifest names the drafter and pins its weights."""
+    import yaml
+
+    from ltd.errors import LtdError
+    from ltd.export import export_run, load_bundle
+    from ltd.train import TrainingRun, load_config
+
+    pair, _ = micro_block
+    data = yaml.safe_load(micro_spec.read_text())
+    data["name"] = "micro-code-block"
+    data["drafting"].update(drafter="block", max_depth=6)
+    spec_path = micro_spec.parent / "micro-code-block.yaml"
+    spec_path.write_text(yaml.safe_dump(data))
+    config = load_config(None, {"rounds": 0, "timesteps": {"width": 128, "depth": 128},
+                                "ppo": {"width": {"n_steps": 64}, "depth": {"n_steps": 64}}})
+    run = TrainingRun.create(spec_path, config, tmp_path / "run")
+    run.run()
+    bundle = load_bundle(export_run(run.dir, tmp_path / "bundle"), pair)
+    assert bundle.manifest["engine"]["drafter"] == "block" and bundle.engine_options()["drafter"] == "block"
+    ids = pair.encode(micro_prompts[2])[:24]
+    ref = generate_ids(SpecEngine(pair), ids, StaticController(0, 1, 0), max_new_tokens=30).output_ids
+    engine = SpecEngine(pair, **bundle.engine_options())
+    assert engine.block is not None
+    assert generate_ids(engine, ids, bundle.controller(), max_new_tokens=30).output_ids == ref
+
+    weights = drafter_folder(pair) / "model.safetensors"
+    original = weights.read_bytes()
+    try:
+        block = BlockDrafter.load(drafter_folder(pair))
+        with torch.no_grad():
+            block.proj.weight.mul_(1.01)
+        block.save(drafter_folder(pair), {"test": "another drafter"})
+        with pytest.raises(LtdError, match="another block drafter"):
+            load_bundle(tmp_path / "bundle", pair)
+    finally:
+        weights.write_bytes(original)

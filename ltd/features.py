@@ -105,4 +105,6 @@ class FeatureView:
     def __call__(self, engine) -> np.ndarray:
         """The selected features as float32, clipped to [0, 1]."""
         values = np.array(observe_all(engine), dtype=np.float32)
-        return np.clip(values if self._all else values[self._positions], 0.0, 1.0)
+        if not self._all:
+            values = values[self._positions]
+        return values.clip(0.0, 1.0, out=values)  # in place: a fresh array (half the cost of np.clip)

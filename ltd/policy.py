@@ -66,8 +66,12 @@ class MLPPolicy(torch.nn.Module):
         *hidden, (w_out, b_out) = self._np
         x = obs
         for w, b in hidden:
-            x = self._np_act(np.dot(x, w) + b)
-        return int((np.dot(x, w_out) + b_out).argmax())
+            x = np.dot(x, w)
+            x += b
+            x = self._np_act(x, out=x) if self.activation == "tanh" else self._np_act(x)
+        x = np.dot(x, w_out)
+        x += b_out
+        return int(x.argmax())
 
     def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         out = {}

@@ -122,3 +122,13 @@ def test_asking_for_ray_without_it_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with pytest.raises(ConfigError, match=r"pip install 'ltd\[ray\]'"):
         import_ray()
+
+
+def test_rollout_throughput_reports_every_configuration(spec):
+    from ltd.rollout_bench import markdown, rollout_throughput
+
+    rows = rollout_throughput(spec, "width", [0, 2], steps=5, repeats=2, warmup=2)
+    assert [r["workers"] for r in rows] == [0, 2] and [r["sub_envs"] for r in rows] == [1, 2]
+    assert all(r["min"] <= r["steps_per_s"] <= r["max"] and r["steps_per_s"] > 0 for r in rows)
+    assert rows[0]["ratio"] == 1.0
+    assert "| 2 | ray | 2 |" in markdown(rows, spec, "width", 5)

@@ -11,7 +11,9 @@ Methods:
 * ``partner``: the static partner a training run started from (its spec's ``partner``);
 * ``ltd``: the learned depth and width policies of a training run or bundle;
 * ``oracle``: per cycle, the depth and width with the highest throughput in hindsight
-  (:mod:`ltd.oracle`; its search is not timed).
+  (:mod:`ltd.oracle`; its search is not timed);
+* ``grid_block``, ``ltd_block``: as ``grid`` and ``ltd``, drafted by the pair's block drafter
+  (:mod:`ltd.block_drafter`) on an engine of its own; ``ltd_block`` takes a bundle trained on it.
 
 Methods run interleaved prompt by prompt (the order rotating), so slow drifts of the machine hit
 all of them alike. Each method's outputs are checked against ``ar``'s: under greedy decoding they

@@ -194,9 +194,8 @@ def generate(pair_spec, prompt, prompts_file, depth, top_k, width, max_new_token
 @click.option("--block-policy", "block_policy_dir", default=None,
               help="Policy bundle trained on the block drafter: the method `ltd_block`.")
 @click.option("--json", "json_out", default=None, help="Write the summary here (and .md, .png beside it).")
-def bench(pair_spec, methods, prompts_files, limit, validation, max_new_tokens, max_prompt_tokens, static_cfg, device, dtype, draft_vocab,
-          backend,
-          run_dir, policy_dir, block_policy_dir, json_out):
+def bench(pair_spec, methods, prompts_files, limit, validation, max_new_tokens, max_prompt_tokens, static_cfg, device,
+          dtype, draft_vocab, backend, run_dir, policy_dir, block_policy_dir, json_out):
     """Tokens/s of each method in one run, on held-out prompts, greedy."""
     from ltd.bench import DEFAULT_STATIC, format_summary, load_workload, run_workloads
     from ltd.controllers import StaticController

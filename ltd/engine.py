@@ -178,8 +178,8 @@ class SpecEngine:
 
     def _visible(self, tree_part: torch.Tensor, prefix: int) -> torch.Tensor:
         """Bool mask [q, prefix + kv]: all of the prefix, then the tree part [q, kv]."""
-        q = tree_part.shape[0]
-        return torch.cat([torch.ones(q, prefix, dtype=torch.bool), tree_part.cpu()], dim=1).to(self.device)
+        q = tree_part.shape[0]  # built where the tree lives: no round trip through the host on a GPU
+        return torch.cat([torch.ones(q, prefix, dtype=torch.bool, device=tree_part.device), tree_part], dim=1)
 
     @torch.inference_mode()
     def expand(self) -> None:

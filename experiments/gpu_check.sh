@@ -5,6 +5,8 @@
 #
 #   experiments/gpu_check.sh                      # on a machine with a CUDA GPU
 #   PAIR=micro DEVICE=cpu experiments/gpu_check.sh   # the same flow on a CPU, in a few minutes
+#   BLOCK=1 experiments/gpu_check.sh              # also the block drafter (issue 8): distil it on the
+#                                                 # GPU, train policies on it, add grid_block/ltd_block
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PAIR=${PAIR:-small}
@@ -12,6 +14,8 @@ DEVICE=${DEVICE:-cuda}
 DTYPE=${DTYPE:-float32}
 OUT=${OUT:-runs/gpu-check}
 LTD=${LTD:-ltd}
+BLOCK=${BLOCK:-0}
+DRAFTER_STEPS=${DRAFTER_STEPS:-1500}
 mkdir -p "$OUT"
 start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }
@@ -41,7 +45,22 @@ rm -rf "$OUT/run"
 $LTD train "$OUT/spec.yaml" --config experiments/gpu/ppo-gpu.yaml --run-dir "$OUT/run"
 $LTD export "$OUT/run" -o "$OUT/policy"
 
+METHODS=ar,grid,ltd
+EXTRA=()
+if [ "$BLOCK" = 1 ]; then
+  stamp "block drafter: distil on $DEVICE, then policies on it"
+  $LTD drafter train --pair "$PAIR" --device "$DEVICE" --steps "$DRAFTER_STEPS" | tee "$OUT/drafter.txt"
+  sed -e "s/^name: .*/name: gpu-check-$PAIR-block/" -e "s/^drafting: {/drafting: {drafter: block, /" \
+    -e "s/max_depth: 8/max_depth: 8/" "$OUT/spec.yaml" > "$OUT/spec-block.yaml"
+  $LTD profile "$OUT/spec-block.yaml" | tee "$OUT/profile-block.txt"
+  rm -rf "$OUT/run-block"
+  $LTD train "$OUT/spec-block.yaml" --config experiments/gpu/ppo-gpu.yaml --run-dir "$OUT/run-block"
+  $LTD export "$OUT/run-block" -o "$OUT/policy-block"
+  METHODS=ar,grid,ltd,grid_block,ltd_block
+  EXTRA=(--block-policy "$OUT/policy-block")
+fi
+
 stamp "benchmark"
-$LTD bench --pair "$PAIR" --device "$DEVICE" --dtype "$DTYPE" --methods ar,grid,ltd --policy "$OUT/policy" \
-  --limit 20 --validation 6 --json "$OUT/bench.json" | tee "$OUT/bench.txt"
+$LTD bench --pair "$PAIR" --device "$DEVICE" --dtype "$DTYPE" --methods "$METHODS" --policy "$OUT/policy" \
+  "${EXTRA[@]}" --limit 20 --validation 6 --json "$OUT/bench.json" | tee "$OUT/bench.txt"
 stamp "done: $OUT"

@@ -87,6 +87,32 @@ def block_loss(drafter: BlockDrafter, target, layers, ids: torch.Tensor, gen: to
     return loss, leading
 
 
+def _work_dir(work, r: DrafterRecipe, pair: Pair, seq_len: int):
+    """The build folder, emptied when what it holds was made for another recipe or pair.
+
+    Only more steps keep a previous build (its checkpoint continues, the schedule stretches)."""
+    import json
+    import shutil
+
+    from ltd.paths import atomic_write_json
+
+    state = {"recipe": {k: v for k, v in dataclasses.asdict(r).items() if k != "steps"},
+             "pair": pair.fingerprint(), "seq_len": seq_len}
+    path = work / "recipe.json"
+    try:
+        old = json.loads(path.read_text()) if path.exists() else None
+    except (OSError, ValueError):
+        old = None
+    if old is not None and old != state:
+        log.warning("%s: the recipe or the pair changed since the last build: starting over", work)
+        shutil.rmtree(work)
+    elif old is None and work.exists():
+        shutil.rmtree(work)  # made before builds were recorded, or its record is damaged
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, state)
+    return work
+
+
 def train_block_drafter(pair: Pair, recipe: DrafterRecipe | None = None, device: str = "cpu") -> dict:
     """Distil a block drafter for ``pair``; save it in the pair's folder; return its figures."""
     from ltd.paths import ltd_home
@@ -106,8 +132,7 @@ def train_block_drafter(pair: Pair, recipe: DrafterRecipe | None = None, device:
                       layers=r.layers, heads=r.heads, intermediate=r.intermediate, block=r.block, context=r.context)
     torch.manual_seed(r.seed)
     drafter = BlockDrafter(cfg).to(device)
-    work = ltd_home() / "builds" / f"{pair.name}-block"
-    work.mkdir(parents=True, exist_ok=True)
+    work = _work_dir(ltd_home() / "builds" / f"{pair.name}-block", r, pair, seq_len)
 
     docs = load_documents()
     train_docs, heldout_docs = split_documents(docs)

@@ -158,3 +158,16 @@ def test_policies_train_export_and_decode_over_the_block_drafter(micro_block, mi
             load_bundle(tmp_path / "bundle", pair)
     finally:
         weights.write_bytes(original)
+
+
+def test_a_changed_recipe_starts_the_drafter_build_over(micro_pair, tmp_path):
+    """A checkpoint of another shape is never resumed (it would not load); more steps keep it."""
+    from ltd.drafter_train import DrafterRecipe, _work_dir
+
+    work = tmp_path / "build"
+    _work_dir(work, DrafterRecipe(steps=10), micro_pair, 64)
+    (work / "drafter.ckpt").write_bytes(b"checkpoint")
+    _work_dir(work, DrafterRecipe(steps=20), micro_pair, 64)
+    assert (work / "drafter.ckpt").exists()
+    _work_dir(work, DrafterRecipe(steps=20, hidden=32), micro_pair, 64)
+    assert not (work / "drafter.ckpt").exists()

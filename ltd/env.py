@@ -36,8 +36,13 @@ the whole sequence. ``truncated`` is never set. ``reset(seed=...)`` always start
 ``info`` after verification: ``accepted``, ``tokens``, ``depth``, ``width``, ``draft_seconds``,
 ``verify_seconds``, ``seconds`` (all on the reward clock), ``plain_seconds``.
 
+Drafter: the spec's ``drafting.drafter``, the pair's draft model (``ar``) or its block drafter
+(``block``: one forward drafts the whole block; a depth action then keeps one more block position).
+Spaces and rewards are the same for both.
+
 Version history
-    v0: first release.
+    v0: first release (the block drafter and the spec's ``device``/``dtype`` came later as spec keys;
+    spaces, rewards and episodes unchanged).
 """
 
 from __future__ import annotations

@@ -186,7 +186,8 @@ def generate(pair_spec, prompt, prompts_file, depth, top_k, width, max_new_token
 @click.option("--max-prompt-tokens", type=int, default=128, show_default=True, help="Prompts are cut to this.")
 @click.option("--static", "static_cfg", default=None, help="Static tree as DEPTH,TOP_K,WIDTH.")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]), default="float32",
+              show_default=True)
 @click.option("--draft-vocab", type=int, default=None, help="Draft proposes only the N most frequent tokens (0: all; default: the pair's setting).")
 @click.option("--backend", type=click.Choice(["auto", "fast", "hf"]), default="auto", show_default=True)
 @click.option("--run", "run_dir", default=None, help="Training run whose policies are `ltd` (and spec `partner`).")

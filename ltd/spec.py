@@ -74,7 +74,7 @@ class EnvSpec(_Strict):
     name: str
     pair: str = "tiny"
     device: str = "cpu"  # cpu | cuda | cuda:N | auto (cuda when there is one)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "fp32", "bf16", "fp16"] = "float32"
     workload: Workload = Field(default_factory=Workload)
     drafting: Drafting = Field(default_factory=Drafting)
     temperature: float = Field(0.0, ge=0.0)

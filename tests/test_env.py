@@ -121,6 +121,9 @@ def test_interrupted_training_resumes_where_it_stopped(micro_spec, tmp_path, mon
     ("drafting:\n  widths: []\n", ["width grid is empty"]),
     ("drafting:\n  top_k: 2\n  max_depth: 2\n  widths: [1, 50]\n", ["above what the tree can hold"]),
     ("clock: sundial\n", ["clock"]),
+    ("device: tpu\n", ["unknown device 'tpu'", "cuda"]),
+    ("dtype: int8\n", ["dtype", "bf16"]),
+    ("drafting:\n  drafter: diffusion\n", ["drafter"]),
 ])
 def test_bad_specs_fail_with_one_line(tmp_path, extra, words):
     import yaml

@@ -70,7 +70,7 @@ class _EnvWorker:
         if ltd_home and "LTD_HOME" not in os.environ:
             os.environ["LTD_HOME"] = ltd_home
         torch.set_num_threads(max(1, threads))
-        if spec.device.startswith("cuda"):
+        if spec.device.startswith("cuda") or (spec.device == "auto" and torch.cuda.is_available()):
             spec = spec.model_copy(update={"device": "cuda"})  # the one GPU Ray gave this actor
         self.env = Monitor(make_env(spec, view, partner=partner))
 
@@ -114,8 +114,10 @@ class RayVecEnv(VecEnv):
         ray = init_ray(address)
         self._ray = ray
         self.spec, self.view, self.partner, self.base_seed = spec, view, partner, seed
-        self.gpu = spec.device.startswith("cuda")
-        if self.gpu and ray.cluster_resources().get("GPU", 0) < n:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        # one GPU per actor: asked for (cuda), or taken where the cluster has one for each (auto)
+        self.gpu = spec.device.startswith("cuda") or (spec.device == "auto" and gpus >= n)
+        if self.gpu and gpus < n:
             raise ConfigError(f"spec asks for device {spec.device!r} but the Ray cluster has "
                               f"{int(ray.cluster_resources().get('GPU', 0))} GPU(s) for {n} workers: "
                               f"use fewer --workers or device: cpu")

@@ -347,8 +347,10 @@ def profile(spec, out):
 @click.option("--rounds", type=int, default=None, help="Override the number of co-adaptive rounds.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Roll out on this many Ray actors (pip install 'ltd[ray]'); 0: the local vector env.")
+@click.option("--envs-per-worker", type=click.IntRange(min=1), default=None,
+              help="Environments in each Ray actor, stepped by one remote call (default 1).")
 @click.option("--ray-address", default=None, help="A running Ray cluster (default: start a local Ray).")
-def train(spec, config_path, run_dir, resume_dir, timesteps, rounds, workers, ray_address):
+def train(spec, config_path, run_dir, resume_dir, timesteps, rounds, workers, envs_per_worker, ray_address):
     """Co-adaptive PPO training of the depth and width policies on SPEC."""
     from pathlib import Path
 
@@ -356,7 +358,7 @@ def train(spec, config_path, run_dir, resume_dir, timesteps, rounds, workers, ra
 
     if resume_dir:
         run = TrainingRun.resume(resume_dir)
-        run.scale(workers, ray_address)
+        run.scale(workers, ray_address, envs_per_worker)
         click.echo(f"resuming {resume_dir}: its stable-baselines3 checkpoints are loaded (only resume runs you made)",
                    err=True)
     else:
@@ -374,6 +376,8 @@ def train(spec, config_path, run_dir, resume_dir, timesteps, rounds, workers, ra
             overrides["workers"] = workers
         if ray_address is not None:
             overrides["ray_address"] = ray_address
+        if envs_per_worker is not None:
+            overrides["envs_per_worker"] = envs_per_worker
         config = load_config(config_path if Path(config_path).exists() or config_path != "experiments/ppo.yaml"
                              else None, overrides)
         run = TrainingRun.create(spec, config, run_dir)
@@ -390,9 +394,11 @@ def train(spec, config_path, run_dir, resume_dir, timesteps, rounds, workers, ra
               help="Worker counts to compare; 0 is one env in this process.")
 @click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True, help="Vector steps per block.")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--envs-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Environments per Ray actor; the local vector env then holds as many.")
 @click.option("--ray-address", default=None, help="A running Ray cluster (default: start a local Ray).")
 @click.option("--json", "json_out", default=None, help="Also write the rows as JSON here.")
-def rollouts(spec, view, workers, steps, repeats, ray_address, json_out):
+def rollouts(spec, view, workers, steps, repeats, envs_per_worker, ray_address, json_out):
     """Rollout throughput (env steps/s): the local vector env against Ray actors."""
     from ltd.paths import atomic_write_json, hardware
     from ltd.rollout_bench import markdown, rollout_throughput
@@ -405,9 +411,10 @@ def rollouts(spec, view, workers, steps, repeats, ray_address, json_out):
     if not counts or min(counts) < 0:
         raise LtdError(f"bad --workers {workers!r}: counts are 0 (local) or more")
     s = load_spec(spec)
-    rows = rollout_throughput(s, view, counts, steps, repeats, address=ray_address)
+    rows = rollout_throughput(s, view, counts, steps, repeats, address=ray_address, envs_per_worker=envs_per_worker)
     if json_out:
         atomic_write_json(json_out, {"spec": s.name, "view": view, "steps": steps, "repeats": repeats,
+                                     "envs_per_worker": envs_per_worker,
                                      "hardware": hardware(), "rows": rows})
     click.echo(markdown(rows, s, view, steps))
 

@@ -16,13 +16,13 @@ from tqdm.auto import tqdm
 from ltd.spec import EnvSpec
 
 
-def _make(spec: EnvSpec, view: str, workers: int, seed: int, address: str | None, share: float):
+def _make(spec: EnvSpec, view: str, workers: int, seed: int, address: str | None, share: float, per: int):
     if workers == 0:
         from stable_baselines3.common.vec_env import DummyVecEnv
 
         from ltd.env import make_env
 
-        env = DummyVecEnv([lambda: make_env(spec, view)])
+        env = DummyVecEnv([lambda: make_env(spec, view)] * per)
     else:
         from ltd.ray_env import RayVecEnv, init_ray
 
@@ -30,7 +30,7 @@ def _make(spec: EnvSpec, view: str, workers: int, seed: int, address: str | None
         # all configurations live at once (blocks interleave), so each reserves a share of the cores;
         # while its block runs, its actors use all of them: cores // workers torch threads each
         env = RayVecEnv(spec, view, workers, seed=seed, address=address, cpus=share,
-                        threads=max(1, cores // workers))
+                        threads=max(1, cores // workers), envs_per_worker=per)
     env.seed(seed)
     env.reset()
     return env
@@ -45,13 +45,15 @@ def _block(env, steps: int, rng: np.random.Generator) -> float:
 
 
 def rollout_throughput(spec: EnvSpec, view: str, workers: list[int], steps: int = 200, repeats: int = 3,
-                       warmup: int = 20, seed: int = 0, address: str | None = None) -> list[dict]:
-    """Env steps/s for each worker count (0: one env in this process, all cores), interleaved blocks."""
+                       warmup: int = 20, seed: int = 0, address: str | None = None,
+                       envs_per_worker: int = 1) -> list[dict]:
+    """Env steps/s for each worker count (0: ``envs_per_worker`` envs in this process, all cores),
+    interleaved blocks."""
     from ltd.env import prepare_clock
 
     prepare_clock(spec)
     share = 1.0 / max(1, sum(workers))
-    envs = {w: _make(spec, view, w, seed, address, share) for w in workers}
+    envs = {w: _make(spec, view, w, seed, address, share, envs_per_worker) for w in workers}
     rng = np.random.default_rng(seed)
     rates: dict[int, list[float]] = {w: [] for w in workers}
     try:
@@ -67,7 +69,7 @@ def rollout_throughput(spec: EnvSpec, view: str, workers: list[int], steps: int 
         for env in envs.values():
             env.close()
     base = float(np.median(rates[workers[0]]))
-    return [{"workers": w, "backend": "local" if w == 0 else "ray", "sub_envs": max(1, w),
+    return [{"workers": w, "backend": "local" if w == 0 else "ray", "sub_envs": max(1, w) * envs_per_worker,
              "steps_per_s": round(float(np.median(v)), 1), "min": round(min(v), 1), "max": round(max(v), 1),
              "ratio": round(float(np.median(v)) / base, 3),
              "torch_threads_here": torch.get_num_threads()} for w, v in rates.items()]

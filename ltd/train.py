@@ -72,7 +72,8 @@ class Timesteps(_Strict):
 class TrainConfig(_Strict):
     rounds: int = Field(2, ge=0)
     n_envs: int = Field(1, ge=1)
-    workers: int = Field(0, ge=0)  # > 0: that many sub-environments as Ray actors (n_envs is then ignored)
+    workers: int = Field(0, ge=0)  # > 0: roll out on that many Ray actors (n_envs is then ignored)
+    envs_per_worker: int = Field(1, ge=1)  # environments in each actor, stepped by one remote call
     ray_address: str | None = None  # a running Ray cluster; None: a local Ray
     max_worker_restarts: int = Field(3, ge=0)
     checkpoint_every: int = Field(1024, ge=1)
@@ -210,10 +211,12 @@ class TrainingRun:
             raise ConfigError(f"{path} is not a valid run state ({exc.__class__.__name__}): start a new run")
         return cls(run_dir, load_spec(state["spec"]), config, state)
 
-    def scale(self, workers: int | None, ray_address: str | None) -> None:
-        """Change where a resumed run rolls out (the policy does not depend on it)."""
+    def scale(self, workers: int | None, ray_address: str | None, envs_per_worker: int | None = None) -> None:
+        """Change where a resumed run rolls out."""
         if workers is not None:
             self.config.workers = workers
+        if envs_per_worker is not None:
+            self.config.envs_per_worker = envs_per_worker
         if ray_address is not None:
             self.config.ray_address = ray_address
         self.state["config"] = self.config.model_dump()
@@ -259,7 +262,8 @@ class TrainingRun:
         if self.config.workers:
             from ltd.ray_env import RayVecEnv
 
-            env = RayVecEnv(spec, view, self.config.workers, partner, seed, address=self.config.ray_address,
+            env = RayVecEnv(spec, view, self.config.workers, partner, seed,
+                            envs_per_worker=self.config.envs_per_worker, address=self.config.ray_address,
                             max_restarts=self.config.max_worker_restarts)
             env.seed(seed)
             return env

@@ -35,6 +35,10 @@ class LtdGroup(click.Group):
         except LtdError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
+        except click.UsageError as exc:  # a bad option or command, said in one line like the rest
+            where = exc.ctx.command_path if exc.ctx is not None else "ltd"
+            click.echo(f"error: {exc.format_message()} (see `{where} --help`)", err=True)
+            ctx.exit(2)
 
 
 @click.group(cls=LtdGroup)
@@ -95,10 +99,17 @@ def pair_path(preset: str) -> None:
 @click.argument("spec")
 def pair_info(spec: str) -> None:
     """Print a pair's recipe and quality figures (pair.json)."""
+    from ltd.block_drafter import FOLDER
     from ltd.pair import resolve_pair_paths
 
     _, target, draft, meta = resolve_pair_paths(spec, build=False)
-    click.echo(json.dumps(meta or {"target": str(target), "draft": str(draft)}, indent=2))
+    info = dict(meta or {"target": str(target), "draft": str(draft)})
+    record = target.parent / FOLDER / "recipe.json"
+    if record.exists():  # the pair's block drafter (ltd drafter train): how it was trained, its figures
+        from ltd.paths import read_json
+
+        info["block_drafter"] = read_json(record, "block drafter record", LtdError, "retrain it")
+    click.echo(json.dumps(info, indent=2))
 
 
 @pair.command("ship")
@@ -132,11 +143,13 @@ def _static_options(f):
 @click.option("--draft-vocab", type=int, default=None, help="Draft proposes only the N most frequent tokens (0: all; default: the pair's setting).")
 @click.option("--backend", type=click.Choice(["auto", "fast", "hf"]), default="auto", show_default=True,
               help="Forward path: plain-torch fast path, transformers, or fast where it checks out.")
+@click.option("--drafter", type=click.Choice(["ar", "block"]), default=None,
+              help="The pair's draft model (ar) or its block drafter (default: the bundle's, else ar).")
 @click.option("--policy", "policy_dir", default=None, help="A policy bundle (ltd export): learned depth and width.")
-@click.option("--force-policy", is_flag=True, help="Use a bundle made for another pair.")
+@click.option("--force-policy", is_flag=True, help="Use a bundle made for another pair or drafter.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per prompt.")
 def generate(pair_spec, prompt, prompts_file, depth, top_k, width, max_new_tokens, temperature, seed, device,
-             draft_vocab, backend, policy_dir, force_policy, as_json):
+             draft_vocab, backend, drafter, policy_dir, force_policy, as_json):
     """Generate with speculative decoding (the text is the target's own)."""
     from ltd.controllers import StaticController
     from ltd.engine import SpecEngine
@@ -149,15 +162,20 @@ def generate(pair_spec, prompt, prompts_file, depth, top_k, width, max_new_token
         raise LtdError("empty --prompt: give some text to continue")
     prompts = [prompt] if prompt is not None else read_prompts(prompts_file)
     p = load_pair(pair_spec, device=device)
-    options = {"draft_vocab": draft_vocab}
+    options = {"draft_vocab": draft_vocab, "drafter": drafter}
     if policy_dir:
         from ltd.export import load_bundle
 
         bundle = load_bundle(policy_dir, p, force=force_policy)
         controller = bundle.controller()
+        trained_on = bundle.engine_options()["drafter"]
+        if drafter is not None and drafter != trained_on and not force_policy:
+            raise LtdError(f"policy bundle {policy_dir} was trained on the {trained_on} drafter, not {drafter}: "
+                           f"leave out --drafter, or --force-policy")
         options = {k: v if options.get(k) is None else options[k] for k, v in bundle.engine_options().items()}
     else:
         controller = StaticController(depth=depth, top_k=top_k, width=width)
+    options = {k: v for k, v in options.items() if v is not None}
     engine = SpecEngine(p, temperature=temperature, seed=seed, backend=backend, **options)
     for text in prompts:
         g = generate_ids(engine, p.encode(text), controller, max_new_tokens=max_new_tokens)

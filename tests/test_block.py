@@ -147,8 +147,8 @@ def test_policies_train_export_and_decode_over_the_block_drafter(micro_block, mi
     assert engine.block is not None
     assert generate_ids(engine, ids, bundle.controller(), max_new_tokens=30).output_ids == ref
 
-    weights = drafter_folder(pair) / "model.safetensors"
-    original = weights.read_bytes()
+    folder = drafter_folder(pair)
+    original = {f: f.read_bytes() for f in folder.iterdir()}
     try:
         block = BlockDrafter.load(drafter_folder(pair))
         with torch.no_grad():
@@ -157,7 +157,8 @@ def test_policies_train_export_and_decode_over_the_block_drafter(micro_block, mi
         with pytest.raises(LtdError, match="another block drafter"):
             load_bundle(tmp_path / "bundle", pair)
     finally:
-        weights.write_bytes(original)
+        for f, data in original.items():
+            f.write_bytes(data)
 
 
 def test_a_changed_recipe_starts_the_drafter_build_over(micro_pair, tmp_path):
@@ -171,3 +172,24 @@ def test_a_changed_recipe_starts_the_drafter_build_over(micro_pair, tmp_path):
     assert (work / "drafter.ckpt").exists()
     _work_dir(work, DrafterRecipe(steps=20, hidden=32), micro_pair, 64)
     assert not (work / "drafter.ckpt").exists()
+
+
+def test_generate_cli_drafts_with_the_block_drafter(micro_block, micro_prompts, tmp_path):
+    import json
+
+    from test_cli import assert_one_line_error, run_ltd
+
+    pair, _ = micro_block
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in micro_prompts[:3]))
+    outs = {}
+    for drafter in ("ar", "block"):
+        r = run_ltd("generate", "--pair", "micro", "--prompts", str(prompts), "--drafter", drafter, "--depth", "4",
+                    "--top-k", "2", "--width", "6", "--max-new-tokens", "24", "--json")
+        assert r.returncode == 0, r.stderr
+        outs[drafter] = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [o["output_ids"] for o in outs["ar"]] == [o["output_ids"] for o in outs["block"]]
+    info = json.loads(run_ltd("pair", "info", "micro").stdout)
+    assert info["block_drafter"]["figures"]["own_leading_matches"] > 0.3
+    assert_one_line_error(run_ltd("generate", "--pair", "micro", "--prompt", "x", "--drafter", "diffusion"),
+                          "diffusion")

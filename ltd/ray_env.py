@@ -39,12 +39,17 @@ class WorkerDied(LtdError):
     """A rollout worker died more often than the vector env may replace it."""
 
 
-def import_ray():
+def import_ray(need: str = "rollouts on Ray need Ray (or train without --workers)", *parts: str):
+    """Ray (and its ``parts``, e.g. "tune"), or one line saying what needs it and how to install it."""
+    import importlib
+
     try:
         import ray
+
+        for part in parts:
+            importlib.import_module(f"ray.{part}")
     except ImportError:
-        raise ConfigError("rollouts on Ray need Ray: install it with pip install 'ltd[ray]' "
-                          "(or train without --workers)") from None
+        raise ConfigError(f"{need}: install it with pip install 'ltd[ray]'") from None
     return ray
 
 
@@ -72,8 +77,8 @@ class _EnvWorker:
         if ltd_home and "LTD_HOME" not in os.environ:
             os.environ["LTD_HOME"] = ltd_home
         torch.set_num_threads(max(1, threads))
-        if spec.device.startswith("cuda") or (spec.device == "auto" and torch.cuda.is_available()):
-            spec = spec.model_copy(update={"device": "cuda"})  # the one GPU Ray gave this actor
+        if spec.device.startswith("cuda"):  # cuda:N names a GPU of the driver's machine; here it is Ray's one
+            spec = spec.model_copy(update={"device": "cuda"})  # ("auto" finds it by itself)
         self.envs = [Monitor(make_env(spec, view, partner=partner)) for _ in range(count)]
 
     def pid(self) -> int:
@@ -179,7 +184,7 @@ class RayVecEnv(VecEnv):
         if self.restarts >= self.max_restarts:
             raise WorkerDied(f"rollout worker {w} of {len(self.workers)} died ({kind}) after {self.restarts} "
                              f"replacement(s) already (max_restarts={self.max_restarts}): check the Ray logs "
-                             f"(/tmp/ray/session_latest/logs)")
+                             f"(`ray logs --help` lists them)")
         self.restarts += 1
         log.warning("rollout worker %d died (%s): replacing it (%d of %d replacements)", w, kind,
                     self.restarts, self.max_restarts)

@@ -182,21 +182,22 @@ def _trainable(config: dict) -> dict:
 
 def run_sweep(path: str | Path, out: str | Path | None = None, threads: int | None = None) -> dict:
     """Run (or finish) the sweep in ``path`` with Ray Tune; write and return its summary."""
-    try:
-        import ray
-        from ray import tune
-    except ImportError:
-        raise ConfigError("`ltd sweep` runs on Ray Tune: install it with pip install 'ltd[ray]'") from None
+    from ltd.env import prepare_clock
+    from ltd.ray_env import import_ray, init_ray
+    from ltd.spec import load_spec
+
+    import_ray("`ltd sweep` runs on Ray Tune", "tune")
+    from ray import tune
+
     sweep, base = load_sweep(path)
     out = Path(out) if out else Path("runs") / "sweeps" / sweep.name
     out = out.resolve()
     trials = [(point, seed, prepare_trial(sweep, base, point, seed, out)) for point in sweep.points()
               for seed in sweep.seeds]
-    _ensure_cost_model(trials[0][2])
+    prepare_clock(load_spec(trials[0][2] / "spec.yaml"))  # fitted once, before the trials copy it
     param_space = {"trial": tune.grid_search([str(t) for *_, t in trials]), "bench": sweep.bench.model_dump(),
                    "threads": threads}
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray = init_ray()
     cpus = max(1, int(ray.available_resources().get("CPU", 1)) // sweep.max_concurrent_trials)
     trainable = tune.with_resources(_trainable, {"cpu": cpus})
     storage = out / "tune"
@@ -217,17 +218,6 @@ def run_sweep(path: str | Path, out: str | Path | None = None, threads: int | No
     summary = summarize_sweep(sweep, rows)
     write_summary(summary, out)
     return summary
-
-
-def _ensure_cost_model(trial: Path) -> None:
-    """Fit the shared cost model once, before the trials copy it (and do not each fit their own)."""
-    from ltd.env import reward_clock, spec_engine, spec_pair
-    from ltd.spec import load_spec
-
-    s = load_spec(trial / "spec.yaml")
-    if s.clock == "cost":
-        pair = spec_pair(s)
-        reward_clock(s, pair, spec_engine(s, pair))
 
 
 def summarize_sweep(sweep: SweepSpec, rows: list[dict]) -> dict:
